@@ -1,0 +1,56 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "sbx",
+    products: [
+        .executable(name: "sbx", targets: ["sbx"]),
+        .executable(name: "sbx-init", targets: ["sbx-init"]),
+        .library(name: "Sandbox", targets: ["Sandbox"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        // C libraries from Debian, found through pkg-config.
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+
+        // Everything that runs between clone and exec: raw syscalls only.
+        .target(
+            name: "CJail",
+            cSettings: [
+                .define("_GNU_SOURCE"),
+                // The launch children share the caller's memory and TLS: no canary reads from TLS.
+                .unsafeFlags(["-fno-stack-protector", "-fno-builtin"]),
+            ]
+        ),
+        // pid 1 of every jail: forks the command, reaps orphans, forwards signals, reports the status.
+        .executableTarget(
+            name: "sbx-init",
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [.unsafeFlags(["-static-executable"])]
+        ),
+
+        .target(name: "SBXJSON"),
+        .target(
+            name: "Sandbox",
+            dependencies: [
+                "CJail", "CSeccomp", "CCap", "SBXJSON",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .executableTarget(
+            name: "sbx",
+            dependencies: [
+                "Sandbox", "SBXJSON",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SBXJSON"]),
+        .testTarget(name: "SbxEndToEndTests", dependencies: ["sbx", "sbx-init", "SBXJSON"]),
+    ]
+)

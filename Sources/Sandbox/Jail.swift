@@ -1,0 +1,314 @@
+import CCap
+import CJail
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What to run and where.
+public struct JailRequest: Sendable {
+    public var profile: Profile
+    public var argv: [String]
+    /// Host directory bound at /workspace; nil gives an empty private tmpfs.
+    public var workspace: String?
+    /// Working directory inside the jail.
+    public var cwd: String = "/workspace"
+    /// Variables added to (and overriding) the profile's environment.
+    public var env: [String: String] = [:]
+    /// fd the jail reads as stdin; nil means /dev/null.
+    public var stdinFD: Int32?
+
+    public init(profile: Profile, argv: [String], workspace: String? = nil) {
+        self.profile = profile
+        self.argv = argv
+        self.workspace = workspace
+    }
+}
+
+/// Why a jailed command ended.
+public enum ExitReason: String, Sendable {
+    case exited, signaled, timeout, oom
+    case outputLimit = "output_limit"
+    case setupFailed = "setup_failed"
+}
+
+/// The outcome of one jailed command (the `exec` result of DESIGN §6).
+public struct ExecResult: Sendable {
+    /// The status `sbx run` exits with: the command's code, 124 on timeout, 128+N when killed by signal N, 125 on setup failure.
+    public var exitCode: Int32
+    public var signal: Int32?
+    public var reason: ExitReason
+    public var stdout: [UInt8]
+    public var stderr: [UInt8]
+    public var stdoutTruncatedBytes: UInt64
+    public var stderrTruncatedBytes: UInt64
+    public var durationMs: Double
+    public var peakMemoryBytes: UInt64?
+    public var cpuMs: Double
+    /// For `setup_failed`: the failing step and errno, as one line.
+    public var setupError: String?
+}
+
+/// Launches and supervises one jailed command.
+public enum Jail {
+    /// Where sbx-init lives: next to the running executable.
+    public static func initPath() -> String {
+        (executableDirectory() ?? ".") + "/sbx-init"
+    }
+
+    /// Host ids the jail's root maps to: the workspace's owner when that is an
+    /// ordinary user, the profile's unprivileged ids otherwise. Never 0.
+    public static func hostIDs(profile: Profile, workspace: String?) throws(SandboxError) -> (uid: UInt32, gid: UInt32) {
+        guard let workspace else { return (profile.hostUID, profile.hostGID) }
+        var st = stat()
+        guard stat(workspace, &st) == 0 else {
+            throw .hostPath(path: workspace, reason: "workspace does not exist", errno: Errno(rawValue: errno))
+        }
+        guard st.st_mode & S_IFMT == S_IFDIR else {
+            throw .hostPath(path: workspace, reason: "workspace is not a directory", errno: .notDirectory)
+        }
+        if st.st_uid != 0 {
+            return (st.st_uid, st.st_gid != 0 ? st.st_gid : st.st_uid)
+        }
+        if profile.workspace == .readWrite && st.st_mode & 0o002 == 0 {
+            throw .hostPath(
+                path: workspace,
+                reason: "workspace belongs to root and the jail never runs as host root: give it to an unprivileged user "
+                    + "(chown -R \(profile.hostUID):\(profile.hostGID) \(workspace)) or use --profile readonly",
+                errno: nil)
+        }
+        return (profile.hostUID, profile.hostGID)
+    }
+
+    /// Runs the command to completion. `stdoutSink`/`stderrSink` stream output through as it arrives.
+    public static func run(_ request: JailRequest, stdoutSink: Int32? = nil, stderrSink: Int32? = nil) throws(SandboxError) -> ExecResult {
+        let start = monotonicNanos()
+        guard getuid() == 0 else {
+            throw .invalidArgument(name: "sbx", reason: "must run as root (it creates cgroups and maps the jail to an unprivileged uid)")
+        }
+        guard !request.argv.isEmpty, !request.argv[0].isEmpty else { throw .invalidArgument(name: "command", reason: "missing command") }
+        guard request.cwd.hasPrefix("/") else { throw .invalidArgument(name: "cwd", reason: "must be an absolute path inside the jail") }
+        let profile = request.profile
+        var workspace: String? = nil
+        if let w = request.workspace {
+            guard let real = RootFS.realPath(w) else { throw .hostPath(path: w, reason: "workspace does not exist", errno: Errno(rawValue: errno)) }
+            workspace = real
+        }
+        let ids = try hostIDs(profile: profile, workspace: workspace)
+        let filters = try Seccomp.filters(for: profile)
+        let ops = try RootFS.plan(profile: profile, workspace: workspace)
+
+        let initFD = cjail_open_path(initPath())
+        guard initFD >= 0 else {
+            throw .hostPath(path: initPath(), reason: "sbx-init is missing (it must sit next to the sbx binary)", errno: Errno(rawValue: errno))
+        }
+        defer { close(initFD) }
+
+        let cgroup = try Cgroup(memoryBytes: profile.limits.memoryBytes, pids: profile.limits.pids)
+        defer { cgroup.destroy() }
+
+        var env = profile.env
+        for (k, v) in request.env { env[k] = v }
+        let argv = ["sbx-init"] + request.argv
+        let envp = env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+
+        let out = try Pipe(), err = try Pipe(), status = try Pipe()
+        _ = cjail_set_pipe_size(out.read, 1 << 20)
+        _ = cjail_set_pipe_size(err.read, 1 << 20)
+        var stdinFD = request.stdinFD ?? -1
+        var devNull: Int32 = -1
+        if stdinFD < 0 {
+            devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            stdinFD = devNull
+        }
+        defer { if devNull >= 0 { close(devNull) } }
+
+        var rlimits: [cjail_rlimit] = [
+            cjail_rlimit(resource: Int32(RLIMIT_NOFILE.rawValue), soft: profile.limits.nofile, hard: profile.limits.nofile),
+            cjail_rlimit(resource: Int32(RLIMIT_CORE.rawValue), soft: 0, hard: 0),
+        ]
+        if let f = profile.limits.fileSizeBytes { rlimits.append(cjail_rlimit(resource: Int32(RLIMIT_FSIZE.rawValue), soft: f, hard: f)) }
+        if let c = profile.limits.cpuSeconds { rlimits.append(cjail_rlimit(resource: Int32(RLIMIT_CPU.rawValue), soft: c, hard: c + 1)) }
+
+        var cloneFlags = CJAIL_CLONE_NEWUSER | CJAIL_CLONE_NEWNS | CJAIL_CLONE_NEWPID | CJAIL_CLONE_NEWIPC | CJAIL_CLONE_NEWUTS | CJAIL_CLONE_NEWCGROUP
+        if profile.network == .none { cloneFlags |= CJAIL_CLONE_NEWNET }
+
+        let arena = CArena()
+        let cOps = ops.map { op -> cjail_op in
+            var c = cjail_op()
+            switch op {
+            case let .mkdir(p, mode):
+                c.kind = Int32(CJAIL_OP_MKDIR.rawValue); c.target = arena.string(p); c.mode = mode
+            case let .symlink(p, to):
+                c.kind = Int32(CJAIL_OP_SYMLINK.rawValue); c.target = arena.string(p); c.data = arena.string(to)
+            case let .writeFile(p, contents, mode):
+                c.kind = Int32(CJAIL_OP_WRITE_FILE.rawValue); c.target = arena.string(p); c.data = arena.string(contents)
+                c.data_len = contents.utf8.count; c.mode = mode
+            case let .tmpfs(p, options, flags):
+                c.kind = Int32(CJAIL_OP_TMPFS.rawValue); c.target = arena.string(p); c.data = arena.string(options); c.flags = flags
+            case let .bind(source, target, writable, allowDevices, isFile):
+                c.kind = Int32(CJAIL_OP_BIND.rawValue); c.source = arena.string("/oldroot" + source); c.target = arena.string(target)
+                c.is_file = isFile ? 1 : 0
+                c.attr = CJAIL_MOUNT_ATTR_NOSUID | (allowDevices ? CJAIL_MOUNT_ATTR_NOEXEC : CJAIL_MOUNT_ATTR_NODEV) | (writable ? 0 : CJAIL_MOUNT_ATTR_RDONLY)
+            case let .proc(p):
+                c.kind = Int32(CJAIL_OP_PROC.rawValue); c.target = arena.string(p)
+            case let .devpts(p):
+                c.kind = Int32(CJAIL_OP_DEVPTS.rawValue); c.target = arena.string(p)
+            }
+            return c
+        }
+        let cFilters = filters.map { f in cjail_filter(insns: arena.bytes(f.bytes), count: UInt16(f.instructionCount)) }
+
+        let stackSize = 256 << 10
+        let stacks = mmap(nil, 2 * stackSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0)
+        guard let stacks, stacks != MAP_FAILED else { throw .system(call: "mmap", errno: Errno(rawValue: errno)) }
+        defer { munmap(stacks, 2 * stackSize) }
+
+        var cfg = cjail_config()
+        cfg.clone_flags = cloneFlags
+        cfg.inside_uid = 0
+        cfg.inside_gid = 0
+        cfg.host_uid = ids.uid
+        cfg.host_gid = ids.gid
+        let cgroupFDs = cgroup.procsFDs
+        cfg.cgroup_fd_count = Int32(cgroupFDs.count)
+        withUnsafeMutableBytes(of: &cfg.cgroup_fds) { raw in
+            let p = raw.bindMemory(to: Int32.self)
+            for (i, fd) in cgroupFDs.prefix(4).enumerated() { p[i] = fd }
+        }
+        cfg.stdio_fds = (stdinFD, out.write, err.write)
+        cfg.status_fd = status.write
+        cfg.init_fd = initFD
+        cfg.staging_dir = arena.string("/tmp")
+        cfg.root_tmpfs_options = arena.string("mode=0755,size=4m,nr_inodes=4096")
+        cfg.op_count = Int32(cOps.count)
+        cfg.hostname = arena.string(profile.hostname)
+        cfg.bring_up_loopback = profile.network == .none ? 1 : 0
+        cfg.cwd = arena.string(request.cwd)
+        cfg.rlimit_count = Int32(rlimits.count)
+        cfg.last_cap = Int32(lastCapability())
+        cfg.filter_count = Int32(cFilters.count)
+        cfg.argv = arena.stringArray(argv)
+        cfg.envp = arena.stringArray(envp)
+        cfg.stack_memory = stacks
+        cfg.stack_size = stackSize
+
+        let rc = cOps.withUnsafeBufferPointer { opsBuf in
+            rlimits.withUnsafeBufferPointer { rlBuf in
+                cFilters.withUnsafeBufferPointer { fBuf in
+                    cfg.ops = opsBuf.baseAddress
+                    cfg.rlimits = rlBuf.baseAddress
+                    cfg.filters = fBuf.baseAddress
+                    return cjail_spawn(&cfg)
+                }
+            }
+        }
+        out.closeWrite()
+        err.closeWrite()
+        status.closeWrite()
+
+        if rc != 0 {
+            if cfg.jail_pid > 0 { var s: Int32 = 0; while waitpid(cfg.jail_pid, &s, __WALL) < 0 && errno == EINTR {} }
+            let step = stepName(cfg.failed_step, op: cfg.failed_op, ops: ops)
+            let e = Errno(rawValue: cfg.failed_errno)
+            return ExecResult(
+                exitCode: 125, signal: nil, reason: .setupFailed, stdout: [], stderr: [], stdoutTruncatedBytes: 0,
+                stderrTruncatedBytes: 0, durationMs: Double(monotonicNanos() - start) / 1e6, peakMemoryBytes: nil, cpuMs: 0,
+                setupError: SandboxError.setup(step: step, errno: e).description)
+        }
+
+        var supervisor = Supervisor(
+            jailPID: cfg.jail_pid, stdoutFD: out.read, stderrFD: err.read, statusFD: status.read,
+            limits: profile.limits, stdoutSink: stdoutSink, stderrSink: stderrSink, cgroup: cgroup, start: start)
+        return try supervisor.run()
+    }
+
+    static func stepName(_ step: Int32, op: Int32, ops: [MountOp]) -> String {
+        switch cjail_step(rawValue: UInt32(step)) {
+        case CJAIL_STEP_CGROUP_JOIN: return "cgroup join"
+        case CJAIL_STEP_CLONE: return "clone"
+        case CJAIL_STEP_ID_MAP: return "uid/gid map"
+        case CJAIL_STEP_SET_IDS: return "set ids"
+        case CJAIL_STEP_MOUNT_PRIVATE: return "make mounts private"
+        case CJAIL_STEP_ROOT_TMPFS: return "root tmpfs"
+        case CJAIL_STEP_PIVOT_ROOT: return "pivot_root"
+        case CJAIL_STEP_MOUNT_OP: return op >= 0 && Int(op) < ops.count ? "mount (\(ops[Int(op)].summary))" : "mount"
+        case CJAIL_STEP_DETACH_OLDROOT: return "detach old root"
+        case CJAIL_STEP_ROOT_READONLY: return "read-only root"
+        case CJAIL_STEP_HOSTNAME: return "hostname"
+        case CJAIL_STEP_LOOPBACK: return "loopback up"
+        case CJAIL_STEP_CHDIR: return "chdir"
+        case CJAIL_STEP_SETSID: return "setsid"
+        case CJAIL_STEP_RLIMIT: return "rlimits"
+        case CJAIL_STEP_CAPS: return "drop capabilities"
+        case CJAIL_STEP_NO_NEW_PRIVS: return "no_new_privs"
+        case CJAIL_STEP_FDS: return "file descriptors"
+        case CJAIL_STEP_SECCOMP: return "seccomp"
+        case CJAIL_STEP_EXEC: return "exec sbx-init"
+        case CJAIL_STEP_PDEATHSIG: return "parent-death signal"
+        default: return "step \(step)"
+        }
+    }
+
+    /// The highest capability number the kernel knows (libcap asks the kernel).
+    static func lastCapability() -> Int {
+        let n = Int(cap_max_bits()) - 1
+        return n > 0 ? n : 63
+    }
+}
+
+// MARK: - small owned resources
+
+/// A pipe whose ends close themselves.
+final class Pipe {
+    private(set) var read: Int32
+    private(set) var write: Int32
+    init() throws(SandboxError) {
+        var fds: [Int32] = [-1, -1]
+        guard cjail_pipe_cloexec(&fds) == 0 else { throw .system(call: "pipe2", errno: Errno(rawValue: errno)) }
+        read = fds[0]
+        write = fds[1]
+    }
+    func closeWrite() { if write >= 0 { close(write); write = -1 } }
+    func closeRead() { if read >= 0 { close(read); read = -1 } }
+    deinit { closeWrite(); closeRead() }
+}
+
+/// C strings and buffers that live as long as the arena.
+final class CArena {
+    private var blocks: [UnsafeMutableRawPointer] = []
+    deinit { for b in blocks { free(b) } }
+
+    func string(_ s: String) -> UnsafePointer<CChar> {
+        let p = strdup(s)!
+        blocks.append(UnsafeMutableRawPointer(p))
+        return UnsafePointer(p)
+    }
+
+    func bytes(_ b: [UInt8]) -> UnsafeRawPointer {
+        let p = malloc(max(b.count, 1))!
+        b.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: b.count) }
+        blocks.append(p)
+        return UnsafeRawPointer(p)
+    }
+
+    func stringArray(_ items: [String]) -> UnsafePointer<UnsafeMutablePointer<CChar>?> {
+        let raw = malloc((items.count + 1) * MemoryLayout<UnsafeMutablePointer<CChar>?>.stride)!
+        let arr = raw.bindMemory(to: UnsafeMutablePointer<CChar>?.self, capacity: items.count + 1)
+        for (i, s) in items.enumerated() {
+            let p = strdup(s)!
+            blocks.append(UnsafeMutableRawPointer(p))
+            arr[i] = p
+        }
+        arr[items.count] = nil
+        blocks.append(UnsafeMutableRawPointer(arr))
+        return UnsafePointer(arr)
+    }
+}
+
+func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}

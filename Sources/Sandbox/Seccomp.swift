@@ -1,0 +1,190 @@
+import CJail
+import CSeccomp
+import SBXJSON
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A compiled seccomp program: classic BPF instructions, ready for seccomp(2).
+public struct SeccompProgram: Sendable, Equatable {
+    /// Raw `struct sock_filter` array (8 bytes per instruction).
+    public let bytes: [UInt8]
+    public var instructionCount: Int { bytes.count / 8 }
+}
+
+/// Builds the jail's seccomp filters with libseccomp, in the parent.
+///
+/// The built-in filter allows by default and denies Docker's default deny
+/// list plus everything a jail could use to escape or attack the kernel
+/// (io_uring, the new mount API, namespaces, ptrace-likes, keyrings, bpf,
+/// perf, userfaultfd, kexec, modules, handle-based opens, chroot) and the
+/// terminal-injection ioctls. Other architectures (i386, x32) are killed.
+/// An imported Docker/OCI profile becomes a second, stacked filter.
+public enum Seccomp {
+    /// Syscalls denied with EPERM. Names unknown on this architecture are skipped.
+    public static let deniedSyscalls: [String] = [
+        // Docker's default profile blocks these
+        "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
+        "finit_module", "get_kernel_syms", "get_mempolicy", "init_module", "ioperm", "iopl", "kcmp",
+        "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mbind", "mount", "move_pages",
+        "name_to_handle_at", "nfsservctl", "open_by_handle_at", "perf_event_open", "pivot_root",
+        "process_vm_readv", "process_vm_writev", "ptrace", "query_module", "quotactl", "quotactl_fd",
+        "reboot", "request_key", "set_mempolicy", "setns", "settimeofday", "stime", "swapon", "swapoff",
+        "sysfs", "_sysctl", "umount", "umount2", "unshare", "uselib", "userfaultfd", "ustat", "vm86",
+        "vm86old", "syslog", "vhangup", "fanotify_init",
+        // and beyond Docker
+        "io_uring_setup", "io_uring_enter", "io_uring_register",
+        "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr", "open_tree_attr",
+        "chroot", "pidfd_getfd", "process_madvise", "kexec_file_load",
+    ]
+
+    static let namespaceCloneFlags: UInt64 =
+        [CJAIL_CLONE_NEWNS, CJAIL_CLONE_NEWUTS, CJAIL_CLONE_NEWIPC, CJAIL_CLONE_NEWUSER, CJAIL_CLONE_NEWPID,
+         CJAIL_CLONE_NEWNET, CJAIL_CLONE_NEWCGROUP, CJAIL_CLONE_NEWTIME].reduce(0) { $0 | UInt64($1) }
+
+    static let TIOCSTI: UInt64 = 0x5412
+    static let TIOCLINUX: UInt64 = 0x541C
+
+    /// Personalities Docker allows: PER_LINUX, PER_LINUX32, UNAME26 variants, and the query.
+    static let allowedPersonalities: [UInt64] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff]
+
+    nonisolated(unsafe) private static var cache: [String: [SeccompProgram]] = [:]
+    private static let cacheLock = Mutex()
+
+    /// The filters for a profile, compiled once per process and profile.
+    public static func filters(for profile: Profile) throws(SandboxError) -> [SeccompProgram] {
+        let key = ([profile.seccompDeny.joined(separator: ",")] + profile.seccompImports).joined(separator: "\n")
+        if let cached = cacheLock.withLock({ cache[key] }) { return cached }
+        var programs = [try builtIn(extraDeny: profile.seccompDeny)]
+        for file in profile.seccompImports {
+            programs.append(try importOCI(file: file))
+        }
+        cacheLock.withLock { cache[key] = programs }
+        return programs
+    }
+
+    /// The built-in deny-list filter.
+    public static func builtIn(extraDeny: [String] = []) throws(SandboxError) -> SeccompProgram {
+        try builtInContext(extraDeny: extraDeny).export()
+    }
+
+    /// libseccomp's pseudo-filter-code listing of the built-in filter (for reading, not loading).
+    public static func builtInPseudoCode(extraDeny: [String] = []) throws(SandboxError) -> String {
+        try builtInContext(extraDeny: extraDeny).pseudoCode()
+    }
+
+    static func builtInContext(extraDeny: [String]) throws(SandboxError) -> SeccompContext {
+        let ctx = try SeccompContext(defaultAction: sbx_scmp_act_allow())
+        let eperm = sbx_scmp_act_errno(UInt16(EPERM))
+        for name in extraDeny where seccomp_syscall_resolve_name(name) == __NR_SCMP_ERROR {
+            throw .seccomp(reason: "unknown syscall '\(name)' in seccomp.deny", errno: nil)
+        }
+        for name in deniedSyscalls + extraDeny {
+            try ctx.add(eperm, seccomp_syscall_resolve_name(name), [], ignoreExisting: true)
+        }
+        // clone with any namespace flag, one rule per bit ("any bit set").
+        // clone3 passes its flags in memory, out of BPF's reach: ENOSYS makes libc fall back to clone.
+        let clone = seccomp_syscall_resolve_name("clone")
+        for bit in bits(of: namespaceCloneFlags) {
+            try ctx.add(eperm, clone, [cmp(0, SCMP_CMP_MASKED_EQ, bit, bit)])
+        }
+        try ctx.add(sbx_scmp_act_errno(UInt16(ENOSYS)), seccomp_syscall_resolve_name("clone3"), [])
+        // Terminal injection, compared on the low 32 bits (the kernel ignores the upper half).
+        let ioctl = seccomp_syscall_resolve_name("ioctl")
+        for request in [TIOCSTI, TIOCLINUX] {
+            try ctx.add(eperm, ioctl, [cmp(1, SCMP_CMP_MASKED_EQ, 0xffff_ffff, request)])
+        }
+        // personality: like Docker, only PER_LINUX, PER_LINUX32, UNAME26 (0, 0x8, 0x20000,
+        // 0x20008) and the query 0xffffffff. BPF rules compare one argument once, so:
+        // deny any other persona bit while bit 31 is clear, and bit 31 with any other bit clear.
+        let personality = seccomp_syscall_resolve_name("personality")
+        for b in 0..<31 where b != 3 && b != 17 {
+            try ctx.add(eperm, personality, [cmp(0, SCMP_CMP_MASKED_EQ, (1 << b) | 0x8000_0000, 1 << b)])
+        }
+        for b in 0..<31 {
+            try ctx.add(eperm, personality, [cmp(0, SCMP_CMP_MASKED_EQ, (1 << b) | 0x8000_0000, 0x8000_0000)])
+        }
+        return ctx
+    }
+
+    static func bits(of mask: UInt64) -> [UInt64] {
+        (0..<64).map { UInt64(1) << UInt64($0) }.filter { mask & $0 != 0 }
+    }
+}
+
+func cmp(_ arg: UInt32, _ op: scmp_compare, _ a: UInt64, _ b: UInt64) -> scmp_arg_cmp {
+    scmp_arg_cmp(arg: arg, op: op, datum_a: a, datum_b: b)
+}
+
+// MARK: - libseccomp context
+
+/// Owns one scmp_filter_ctx.
+final class SeccompContext {
+    let ctx: scmp_filter_ctx
+
+    init(defaultAction: UInt32) throws(SandboxError) {
+        guard let ctx = seccomp_init(defaultAction) else { throw .seccomp(reason: "seccomp_init failed", errno: nil) }
+        self.ctx = ctx
+        // Any architecture other than the native one (i386 via int 0x80, x32) dies.
+        let rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, sbx_scmp_act_kill_process())
+        if rc < 0 { seccomp_release(ctx); throw .seccomp(reason: "cannot set the bad-architecture action", errno: Errno(rawValue: -rc)) }
+        // We load the exported program ourselves, after PR_SET_NO_NEW_PRIVS.
+        _ = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0)
+    }
+
+    deinit { seccomp_release(ctx) }
+
+    /// Adds one rule; its comparisons must all hold (each on a different argument).
+    func add(_ action: UInt32, _ nr: Int32, _ cmps: [scmp_arg_cmp], ignoreExisting: Bool = false) throws(SandboxError) {
+        guard nr != __NR_SCMP_ERROR else { return }
+        var all = cmps
+        let rc = all.withUnsafeMutableBufferPointer { buf in
+            seccomp_rule_add_array(ctx, action, nr, UInt32(buf.count), buf.baseAddress)
+        }
+        if rc < 0 && !(ignoreExisting && rc == -EEXIST) {
+            let name = seccomp_syscall_resolve_num_arch(sbx_scmp_arch_native(), nr).map { p in
+                defer { free(p) }
+                return String(cString: p)
+            } ?? "#\(nr)"
+            throw .seccomp(reason: "cannot add a rule for \(name)", errno: Errno(rawValue: -rc))
+        }
+    }
+
+    func export() throws(SandboxError) -> SeccompProgram {
+        let fd = cjail_memfd("sbx-seccomp")
+        guard fd >= 0 else { throw .seccomp(reason: "memfd_create", errno: Errno(rawValue: errno)) }
+        defer { close(fd) }
+        let rc = seccomp_export_bpf(ctx, fd)
+        guard rc >= 0 else { throw .seccomp(reason: "seccomp_export_bpf", errno: Errno(rawValue: -rc)) }
+        let size = lseek(fd, 0, SEEK_END)
+        var bytes = [UInt8](repeating: 0, count: Int(size))
+        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, Int(size), 0) }
+        guard n == size, size % 8 == 0, size / 8 <= 4096 else { throw .seccomp(reason: "unexpected BPF export of \(size) bytes", errno: nil) }
+        return SeccompProgram(bytes: bytes)
+    }
+
+    func pseudoCode() -> String {
+        let fd = cjail_memfd("sbx-seccomp-pfc")
+        defer { close(fd) }
+        _ = seccomp_export_pfc(ctx, fd)
+        let size = lseek(fd, 0, SEEK_END)
+        var bytes = [UInt8](repeating: 0, count: Int(size))
+        _ = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, Int(size), 0) }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+
+/// A tiny pthread mutex (Foundation-free).
+final class Mutex: @unchecked Sendable {
+    private var m = pthread_mutex_t()
+    init() { pthread_mutex_init(&m, nil) }
+    deinit { pthread_mutex_destroy(&m) }
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(&m)
+        defer { pthread_mutex_unlock(&m) }
+        return try body()
+    }
+}
