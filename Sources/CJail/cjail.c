@@ -182,6 +182,17 @@ static int helper_main(void *arg) {
             die();
         }
     }
+    // rlimits here, as host root: raising a hard limit needs CAP_SYS_RESOURCE in the
+    // initial user namespace, which the jail never has. The jail inherits them.
+    for (int i = 0; i < cfg->rlimit_count; i++) {
+        struct { uint64_t cur, max; } rl = {cfg->rlimits[i].soft, cfg->rlimits[i].hard};
+        long r = rs4(SYS_prlimit64, 0, cfg->rlimits[i].resource, &rl, 0);
+        if (r < 0) {
+            cfg->failed_step = CJAIL_STEP_RLIMIT;
+            cfg->failed_errno = (int)-r;
+            die();
+        }
+    }
     // Closed by the jail's exec (or death): EOF tells the helper it may go.
     int exec_pipe[2];
     long r = rs2(SYS_pipe2, exec_pipe, O_CLOEXEC);
@@ -363,10 +374,6 @@ static int jail_main(void *arg) {
     if (cfg->bring_up_loopback) CHECK(CJAIL_STEP_LOOPBACK, loopback_up());
     CHECK(CJAIL_STEP_CHDIR, rs1(SYS_chdir, cfg->cwd));
     CHECK(CJAIL_STEP_SETSID, rs0(SYS_setsid));
-    for (int i = 0; i < cfg->rlimit_count; i++) {
-        struct { uint64_t cur, max; } rl = {cfg->rlimits[i].soft, cfg->rlimits[i].hard};
-        CHECK(CJAIL_STEP_RLIMIT, rs4(SYS_prlimit64, 0, cfg->rlimits[i].resource, &rl, 0));
-    }
     CHECK(CJAIL_STEP_CAPS, drop_capabilities(cfg->last_cap));
     CHECK(CJAIL_STEP_NO_NEW_PRIVS, rs5(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
     // After the credential changes, which clear it.

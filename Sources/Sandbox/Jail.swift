@@ -124,12 +124,12 @@ public enum Jail {
         }
         defer { if devNull >= 0 { close(devNull) } }
 
-        var rlimits: [cjail_rlimit] = [
-            cjail_rlimit(resource: Int32(RLIMIT_NOFILE.rawValue), soft: profile.limits.nofile, hard: profile.limits.nofile),
-            cjail_rlimit(resource: Int32(RLIMIT_CORE.rawValue), soft: 0, hard: 0),
-        ]
-        if let f = profile.limits.fileSizeBytes { rlimits.append(cjail_rlimit(resource: Int32(RLIMIT_FSIZE.rawValue), soft: f, hard: f)) }
-        if let c = profile.limits.cpuSeconds { rlimits.append(cjail_rlimit(resource: Int32(RLIMIT_CPU.rawValue), soft: c, hard: c + 1)) }
+        let rlimits = [
+            clampedLimit(RLIMIT_NOFILE, profile.limits.nofile),
+            clampedLimit(RLIMIT_CORE, 0),
+            profile.limits.fileSizeBytes.map { clampedLimit(RLIMIT_FSIZE, $0) },
+            profile.limits.cpuSeconds.map { clampedLimit(RLIMIT_CPU, $0) },
+        ].compactMap { $0 }
 
         var cloneFlags = CJAIL_CLONE_NEWUSER | CJAIL_CLONE_NEWNS | CJAIL_CLONE_NEWPID | CJAIL_CLONE_NEWIPC | CJAIL_CLONE_NEWUTS | CJAIL_CLONE_NEWCGROUP
         if profile.network == .none { cloneFlags |= CJAIL_CLONE_NEWNET }
@@ -249,6 +249,15 @@ public enum Jail {
         case CJAIL_STEP_PDEATHSIG: return "parent-death signal"
         default: return "step \(step)"
         }
+    }
+
+    /// A limit no higher than our own hard limit: raising one needs CAP_SYS_RESOURCE,
+    /// which some hosts withhold even from root.
+    static func clampedLimit(_ resource: __rlimit_resource, _ value: UInt64) -> cjail_rlimit {
+        var current = rlimit()
+        getrlimit(__rlimit_resource_t(resource.rawValue), &current)
+        let v = min(value, UInt64(current.rlim_max))
+        return cjail_rlimit(resource: Int32(resource.rawValue), soft: v, hard: v)
     }
 
     /// The highest capability number the kernel knows (libcap asks the kernel).
