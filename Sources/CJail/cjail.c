@@ -294,6 +294,8 @@ static long apply_op(const struct cjail_op *op) {
         if ((r = make_dir(op->target, 0755)) < 0) return r;
         return RS(SYS_mount, "devpts", op->target, "devpts", MS_NOSUID | MS_NOEXEC,
                   "newinstance,ptmxmode=0666,mode=0620", 0);
+    case CJAIL_OP_SET_ATTR:
+        return set_mount_attr(op->target, op->attr, op->flags ? AT_RECURSIVE : 0);
     }
     return -EINVAL;
 }

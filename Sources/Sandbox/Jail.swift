@@ -84,6 +84,7 @@ public enum Jail {
     /// Runs the command to completion. `stdoutSink`/`stderrSink` stream output through as it arrives.
     public static func run(_ request: JailRequest, stdoutSink: Int32? = nil, stderrSink: Int32? = nil) throws(SandboxError) -> ExecResult {
         let start = monotonicNanos()
+        var trace = PhaseTrace(start: start)
         guard getuid() == 0 else {
             throw .invalidArgument(name: "sbx", reason: "must run as root (it creates cgroups and maps the jail to an unprivileged uid)")
         }
@@ -95,8 +96,11 @@ public enum Jail {
             guard let real = RootFS.realPath(w) else { throw .hostPath(path: w, reason: "workspace does not exist", errno: Errno(rawValue: errno)) }
             workspace = real
         }
+        trace.mark("start")
         let ids = try hostIDs(profile: profile, workspace: workspace)
+        trace.mark("host ids")
         let filters = try Seccomp.filters(for: profile)
+        trace.mark("seccomp")
         let ops = try RootFS.plan(profile: profile, workspace: workspace)
 
         let initFD = cjail_open_path(initPath())
@@ -105,9 +109,11 @@ public enum Jail {
         }
         defer { close(initFD) }
 
+        trace.mark("plan")
         let cgroup = try Cgroup(memoryBytes: profile.limits.memoryBytes, pids: profile.limits.pids)
         defer { cgroup.destroy() }
 
+        trace.mark("cgroup")
         var env = profile.env
         for (k, v) in request.env { env[k] = v }
         let argv = ["sbx-init"] + request.argv
@@ -143,14 +149,17 @@ public enum Jail {
             case let .symlink(p, to):
                 c.kind = Int32(CJAIL_OP_SYMLINK.rawValue); c.target = arena.string(p); c.data = arena.string(to)
             case let .writeFile(p, contents, mode):
-                c.kind = Int32(CJAIL_OP_WRITE_FILE.rawValue); c.target = arena.string(p); c.data = arena.string(contents)
-                c.data_len = contents.utf8.count; c.mode = mode
+                c.kind = Int32(CJAIL_OP_WRITE_FILE.rawValue); c.target = arena.string(p)
+                c.data = arena.bytes(contents).assumingMemoryBound(to: CChar.self)
+                c.data_len = contents.count; c.mode = mode
             case let .tmpfs(p, options, flags):
                 c.kind = Int32(CJAIL_OP_TMPFS.rawValue); c.target = arena.string(p); c.data = arena.string(options); c.flags = flags
-            case let .bind(source, target, writable, allowDevices, isFile):
+            case let .bind(source, target, isFile, attributes):
                 c.kind = Int32(CJAIL_OP_BIND.rawValue); c.source = arena.string("/oldroot" + source); c.target = arena.string(target)
                 c.is_file = isFile ? 1 : 0
-                c.attr = CJAIL_MOUNT_ATTR_NOSUID | (allowDevices ? CJAIL_MOUNT_ATTR_NOEXEC : CJAIL_MOUNT_ATTR_NODEV) | (writable ? 0 : CJAIL_MOUNT_ATTR_RDONLY)
+                c.attr = attributes
+            case let .setAttributes(p, attributes, recursive):
+                c.kind = Int32(CJAIL_OP_SET_ATTR.rawValue); c.target = arena.string(p); c.attr = attributes; c.flags = recursive ? 1 : 0
             case let .proc(p):
                 c.kind = Int32(CJAIL_OP_PROC.rawValue); c.target = arena.string(p)
             case let .devpts(p):
@@ -194,6 +203,7 @@ public enum Jail {
         cfg.stack_memory = stacks
         cfg.stack_size = stackSize
 
+        trace.mark("prepare")
         let rc = cOps.withUnsafeBufferPointer { opsBuf in
             rlimits.withUnsafeBufferPointer { rlBuf in
                 cFilters.withUnsafeBufferPointer { fBuf in
@@ -204,6 +214,7 @@ public enum Jail {
                 }
             }
         }
+        trace.mark("spawn")
         out.closeWrite()
         err.closeWrite()
         status.closeWrite()
@@ -221,7 +232,10 @@ public enum Jail {
         var supervisor = Supervisor(
             jailPID: cfg.jail_pid, stdoutFD: out.read, stderrFD: err.read, statusFD: status.read,
             limits: profile.limits, stdoutSink: stdoutSink, stderrSink: stderrSink, cgroup: cgroup, start: start)
-        return try supervisor.run()
+        let result = try supervisor.run()
+        trace.mark("supervise")
+        trace.report()
+        return result
     }
 
     static func stepName(_ step: Int32, op: Int32, ops: [MountOp]) -> String {
@@ -313,6 +327,25 @@ final class CArena {
         arr[items.count] = nil
         blocks.append(UnsafeMutableRawPointer(arr))
         return UnsafePointer(arr)
+    }
+}
+
+/// Phase timings of one launch, printed to stderr when SBX_TRACE is set (for profiling start-up).
+struct PhaseTrace {
+    let start: UInt64
+    let enabled = getenv("SBX_TRACE") != nil
+    var marks: [(String, UInt64)] = []
+    init(start: UInt64) { self.start = start }
+    mutating func mark(_ name: String) { if enabled { marks.append((name, monotonicNanos())) } }
+    func report() {
+        guard enabled else { return }
+        var last = start, line = "sbx: trace"
+        for (name, t) in marks {
+            line += " \(name)=\(Double(t - last) / 1000)us"
+            last = t
+        }
+        line += "\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
     }
 }
 

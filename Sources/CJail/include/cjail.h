@@ -29,9 +29,10 @@ enum cjail_op_kind {
     CJAIL_OP_SYMLINK = 2,    // data = link text, target = path
     CJAIL_OP_WRITE_FILE = 3, // target, data/data_len, mode
     CJAIL_OP_TMPFS = 4,      // target, data = mount options, flags = MS_*
-    CJAIL_OP_BIND = 5,       // source (under /oldroot), target, attr = MOUNT_ATTR_*, is_file
+    CJAIL_OP_BIND = 5,       // source (under /oldroot), target, is_file; attr (recursive) unless 0
     CJAIL_OP_PROC = 6,       // target
     CJAIL_OP_DEVPTS = 7,     // target
+    CJAIL_OP_SET_ATTR = 8,   // target, attr = MOUNT_ATTR_* (recursive when flags != 0)
 };
 
 struct cjail_op {

@@ -1,0 +1,81 @@
+import XCTest
+@testable import Sandbox
+
+final class SeccompCompileTests: XCTestCase {
+    func testBuiltInFilterCompilesToBPF() throws {
+        let program = try Seccomp.builtIn()
+        XCTAssertGreaterThan(program.instructionCount, 50)
+        XCTAssertEqual(program.bytes.count % 8, 0)
+    }
+
+    func testFilterDeniesTheEscapeSyscallsAndKillsForeignArchitectures() throws {
+        let pfc = try Seccomp.builtInPseudoCode()
+        for name in ["io_uring_setup", "fsopen", "open_tree", "move_mount", "setns", "unshare", "ptrace", "bpf",
+                     "keyctl", "perf_event_open", "userfaultfd", "kexec_load", "init_module", "open_by_handle_at",
+                     "chroot", "process_vm_readv", "mount", "clone3", "ioctl", "personality"] {
+            XCTAssertTrue(pfc.contains("# filter for syscall \"\(name)\""), "no rule for \(name)")
+        }
+        XCTAssertTrue(pfc.contains("action KILL_PROCESS"), "other architectures must be killed")
+        #if arch(x86_64)
+        XCTAssertTrue(pfc.contains("0x40000000"), "x32 syscall numbers must be caught")
+        #endif
+    }
+
+    func testUnknownSyscallInProfileDenyListIsAnError() {
+        XCTAssertThrowsError(try Seccomp.builtIn(extraDeny: ["definitely_not_a_syscall"]))
+    }
+
+    func testOCIProfileImports() throws {
+        let path = "/tmp/sbx-oci-\(getpid()).json"
+        let text = """
+            {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1,
+             "syscalls": [
+               {"names": ["read", "write", "exit_group", "uname"], "action": "SCMP_ACT_ALLOW"},
+               {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
+               {"names": ["bpf"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}}
+             ]}
+            """
+        FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+        defer { unlink(path) }
+        XCTAssertGreaterThan(try Seccomp.importOCI(file: path).instructionCount, 4)
+
+        FileManager.default.createFile(atPath: path, contents: Data(#"{"defaultAction": "SCMP_ACT_NOTIFY"}"#.utf8))
+        XCTAssertThrowsError(try Seccomp.importOCI(file: path)) { error in
+            XCTAssertTrue("\(error)".contains("defaultAction"), "\(error)")
+        }
+    }
+}
+
+final class RootFSPlanTests: XCTestCase {
+    private func profile() throws -> Profile {
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return try ProfileLoader.load(repo.appendingPathComponent("profiles/default.json").path)
+    }
+
+    func testPlanNeverExposesHostSecretsOrHomes() throws {
+        let ops = try RootFS.plan(profile: try profile(), workspace: nil)
+        let text = ops.map(\.summary).joined(separator: "\n")
+        for forbidden in ["/root", "/home", "/etc/shadow", "/etc/gshadow", "/run", "/var", "/etc/sudoers", "/etc/ssh/ssh_host"] {
+            XCTAssertFalse(text.contains(" \(forbidden)"), "\(forbidden) must not be in the jail:\n\(text)")
+        }
+        XCTAssertFalse(ops.contains { if case .bind(source: "/", _, _, _) = $0 { return true }; return false }, "never the host's /")
+    }
+
+    func testSystemIsReadOnlyAndScratchSpacesAreSized() throws {
+        var p = try profile()
+        p.limits.tmpBytes = 12345 << 10
+        let ops = try RootFS.plan(profile: p, workspace: nil)
+        XCTAssertTrue(ops.contains(.bind(source: "/usr", target: "/usr", isFile: false, attributes: MountOp.readOnly)))
+        XCTAssertTrue(ops.contains(.setAttributes("/etc", attributes: MountOp.readOnly, recursive: true)))
+        XCTAssertTrue(ops.contains { if case let .tmpfs("/tmp", o, _) = $0 { return o.contains("size=\(12345 << 10)") }; return false })
+        XCTAssertTrue(ops.contains(.proc("/proc")))
+        XCTAssertTrue(ops.contains(.devpts("/dev/pts")))
+    }
+
+    func testReadOnlyProfileMountsTheWorkspaceReadOnly() throws {
+        var p = try profile()
+        p.workspace = .readOnly
+        let ops = try RootFS.plan(profile: p, workspace: "/tmp")
+        XCTAssertTrue(ops.contains(.bind(source: "/tmp", target: "/workspace", isFile: false, attributes: MountOp.readOnly)))
+    }
+}
