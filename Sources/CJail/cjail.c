@@ -121,6 +121,12 @@ static long rs_retry(long n, long a, long b, long c) {
     return r;
 }
 
+static void mark(struct cjail_config *cfg, int which) {
+    struct timespec ts;
+    if (rs2(SYS_clock_gettime, CLOCK_MONOTONIC, &ts) == 0)
+        cfg->marks[which] = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 __attribute__((noreturn)) static void die(void) {
     for (;;) rs1(SYS_exit_group, 125);
 }
@@ -174,6 +180,7 @@ static int jail_main(void *arg);
 
 static int helper_main(void *arg) {
     struct cjail_config *cfg = arg;
+    mark(cfg, CJAIL_MARK_HELPER);
     for (int i = 0; i < cfg->cgroup_fd_count; i++) {
         long r = rs3(SYS_write, cfg->cgroup_fds[i], "0", 1);
         if (r < 0) {
@@ -211,12 +218,14 @@ static int helper_main(void *arg) {
     }
     cfg->jail_pid = pid;
     rs1(SYS_close, exec_pipe[1]);
+    mark(cfg, CJAIL_MARK_CLONED);
 
     long m = 0;
     if (cfg->clone_flags & CLONE_NEWUSER) {
         m = write_id_map(pid, "uid_map", cfg->inside_uid, cfg->host_uid);
         if (m == 0) m = write_id_map(pid, "gid_map", cfg->inside_gid, cfg->host_gid);
     }
+    mark(cfg, CJAIL_MARK_MAPPED);
     __atomic_store_n(&cfg->maps_state, m == 0 ? 1 : (int)m, __ATOMIC_SEQ_CST);
     rs6(SYS_futex, (long)&cfg->maps_state, FUTEX_WAKE_PRIVATE, 1, 0, 0, 0);
 
@@ -346,6 +355,7 @@ static int jail_main(void *arg) {
         rs6(SYS_futex, (long)&cfg->maps_state, FUTEX_WAIT_PRIVATE, 0, 0, 0, 0);
     int maps = __atomic_load_n(&cfg->maps_state, __ATOMIC_SEQ_CST);
     if (maps < 0) FAIL(CJAIL_STEP_ID_MAP, maps);
+    mark(cfg, CJAIL_MARK_JAIL);
 
     // Become the mapped root: host credentials are now the unprivileged host ids.
     CHECK(CJAIL_STEP_SET_IDS, rs3(SYS_setresgid, 0, 0, 0));
@@ -360,6 +370,7 @@ static int jail_main(void *arg) {
         CHECK(CJAIL_STEP_PIVOT_ROOT, rs3(SYS_mkdirat, AT_FDCWD, "oldroot", 0700));
         CHECK(CJAIL_STEP_PIVOT_ROOT, rs2(SYS_pivot_root, ".", "oldroot"));
         CHECK(CJAIL_STEP_PIVOT_ROOT, rs1(SYS_chdir, "/"));
+        mark(cfg, CJAIL_MARK_PIVOTED);
         for (int i = 0; i < cfg->op_count; i++) {
             long r = apply_op(&cfg->ops[i]);
             if (r < 0) {
@@ -371,6 +382,7 @@ static int jail_main(void *arg) {
         CHECK(CJAIL_STEP_DETACH_OLDROOT, rs3(SYS_unlinkat, AT_FDCWD, "/oldroot", AT_REMOVEDIR));
         CHECK(CJAIL_STEP_ROOT_READONLY, set_mount_attr("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0));
     }
+    mark(cfg, CJAIL_MARK_MOUNTED);
     if (cfg->hostname && (cfg->clone_flags & CLONE_NEWUTS))
         CHECK(CJAIL_STEP_HOSTNAME, rs2(SYS_sethostname, cfg->hostname, slen(cfg->hostname)));
     if (cfg->bring_up_loopback) CHECK(CJAIL_STEP_LOOPBACK, loopback_up());
@@ -380,6 +392,7 @@ static int jail_main(void *arg) {
     CHECK(CJAIL_STEP_NO_NEW_PRIVS, rs5(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
     // After the credential changes, which clear it.
     CHECK(CJAIL_STEP_PDEATHSIG, rs5(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0));
+    mark(cfg, CJAIL_MARK_LOCKED);
 
     // fds: move every source above the targets first, so placing one cannot clobber another.
     int src[5] = {cfg->stdio_fds[0], cfg->stdio_fds[1], cfg->stdio_fds[2], cfg->status_fd, cfg->init_fd};
@@ -409,6 +422,7 @@ static int jail_main(void *arg) {
         prog.filter = (struct sock_filter *)cfg->filters[i].insns;
         CHECK(CJAIL_STEP_SECCOMP, rs3(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog));
     }
+    mark(cfg, CJAIL_MARK_EXEC);
     long r = rs5(SYS_execveat, src[4], "", cfg->argv, cfg->envp, AT_EMPTY_PATH);
     FAIL(CJAIL_STEP_EXEC, r);
     return 0;
@@ -423,6 +437,7 @@ int cjail_spawn(struct cjail_config *cfg) {
     cfg->failed_errno = 0;
     cfg->jail_pid = 0;
     cfg->helper_pid = 0;
+    for (int i = 0; i < CJAIL_MARK_COUNT; i++) cfg->marks[i] = 0;
 
     // No handler of the caller may run on the children's stacks.
     sigset_t all, old;

@@ -16,8 +16,11 @@ public final class Cgroup {
     public let version: Version
     /// Directories of this jail (one for v2, one per controller for v1).
     public let paths: [String]
-    /// Open `cgroup.procs` files; the launch helper writes "0" into each.
-    public private(set) var procsFDs: [Int32] = []
+    /// Open files the launch helper writes "0" into to join, before it clones the jail.
+    /// On v1 that is `tasks`: moving the calling thread alone skips the global
+    /// cgroup_threadgroup_rwsem, whose write side waits for an RCU grace period
+    /// (5-14 ms measured here, 0.03 ms without). v2 has only `cgroup.procs`.
+    public private(set) var joinFDs: [Int32] = []
     private let memoryDir: String?
     private var removed = false
 
@@ -75,14 +78,15 @@ public final class Cgroup {
                 if let pids { try Cgroup.write(pidsDir + "/pids.max", String(pids)) }
             } catch { destroy(); throw error }
         }
+        let joinFile = version == .v1 ? "/tasks" : "/cgroup.procs"
         for dir in allPaths {
-            let fd = open(dir + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
+            let fd = open(dir + joinFile, O_WRONLY | O_CLOEXEC)
             if fd < 0 {
                 let e = Errno(rawValue: errno)
                 destroy()
-                throw .cgroup(operation: "open", path: dir + "/cgroup.procs", errno: e)
+                throw .cgroup(operation: "open", path: dir + joinFile, errno: e)
             }
-            procsFDs.append(fd)
+            joinFDs.append(fd)
         }
     }
 
@@ -123,8 +127,8 @@ public final class Cgroup {
     public func destroy() {
         guard !removed else { return }
         removed = true
-        for fd in procsFDs { close(fd) }
-        procsFDs = []
+        for fd in joinFDs { close(fd) }
+        joinFDs = []
         for dir in allPaths.reversed() {
             var tries = 0
             while rmdir(dir) != 0 {

@@ -180,7 +180,7 @@ public enum Jail {
         cfg.inside_gid = 0
         cfg.host_uid = ids.uid
         cfg.host_gid = ids.gid
-        let cgroupFDs = cgroup.procsFDs
+        let cgroupFDs = cgroup.joinFDs
         cfg.cgroup_fd_count = Int32(cgroupFDs.count)
         withUnsafeMutableBytes(of: &cfg.cgroup_fds) { raw in
             let p = raw.bindMemory(to: Int32.self)
@@ -218,6 +218,12 @@ public enum Jail {
         out.closeWrite()
         err.closeWrite()
         status.closeWrite()
+        withUnsafeBytes(of: cfg.marks) { raw in
+            let names = ["helper", "clone", "id maps", "jail", "pivot", "mounts", "lockdown", "exec"]
+            for (i, t) in raw.bindMemory(to: UInt64.self).prefix(names.count).enumerated() where t > 0 {
+                trace.mark("  " + names[i], at: t)
+            }
+        }
 
         if rc != 0 {
             if cfg.jail_pid > 0 { var s: Int32 = 0; while waitpid(cfg.jail_pid, &s, __WALL) < 0 && errno == EINTR {} }
@@ -234,6 +240,8 @@ public enum Jail {
             limits: profile.limits, stdoutSink: stdoutSink, stderrSink: stderrSink, cgroup: cgroup, start: start)
         let result = try supervisor.run()
         trace.mark("supervise")
+        cgroup.destroy()
+        trace.mark("cgroup destroy")
         trace.report()
         return result
     }
@@ -336,11 +344,11 @@ struct PhaseTrace {
     let enabled = getenv("SBX_TRACE") != nil
     var marks: [(String, UInt64)] = []
     init(start: UInt64) { self.start = start }
-    mutating func mark(_ name: String) { if enabled { marks.append((name, monotonicNanos())) } }
+    mutating func mark(_ name: String, at t: UInt64 = monotonicNanos()) { if enabled { marks.append((name, t)) } }
     func report() {
         guard enabled else { return }
         var last = start, line = "sbx: trace"
-        for (name, t) in marks {
+        for (name, t) in marks.sorted(by: { $0.1 < $1.1 }) {
             line += " \(name)=\(Double(t - last) / 1000)us"
             last = t
         }

@@ -30,6 +30,9 @@ func printOut(_ text: String) {
 
 // `sbx run` reports its own failures with 125 (DESIGN §7); other commands use 2 for usage.
 let arguments = Array(CommandLine.arguments.dropFirst())
+if let options = RunOptions.fastParse(arguments) {
+    exit(options.execute())
+}
 do {
     var command = try SBX.parseAsRoot(arguments)
     try command.run()

@@ -79,6 +79,19 @@ enum cjail_step {
     CJAIL_STEP_PDEATHSIG,
 };
 
+/// Launch milestones recorded in cjail_config.marks.
+enum cjail_mark {
+    CJAIL_MARK_HELPER = 0,   // helper running
+    CJAIL_MARK_CLONED,       // helper: jail cloned (namespaces created)
+    CJAIL_MARK_MAPPED,       // helper: id maps written
+    CJAIL_MARK_JAIL,         // jail running, maps seen
+    CJAIL_MARK_PIVOTED,      // jail: new root in place
+    CJAIL_MARK_MOUNTED,      // jail: mount plan applied, old root detached
+    CJAIL_MARK_LOCKED,       // jail: caps dropped, no_new_privs
+    CJAIL_MARK_EXEC,         // jail: about to exec sbx-init
+    CJAIL_MARK_COUNT
+};
+
 struct cjail_filter {
     const void *insns;      // struct sock_filter[]
     unsigned short count;
@@ -132,6 +145,9 @@ struct cjail_config {
     int failed_step;
     int failed_op;
     int failed_errno;
+
+    // CLOCK_MONOTONIC nanoseconds at each launch milestone (see CJAIL_MARK_*), for SBX_TRACE
+    uint64_t marks[16];
 
     // private to cjail_spawn
     volatile int maps_state;
