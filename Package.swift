@@ -49,8 +49,9 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             // Every tool call starts this binary: a fully static executable skips the dynamic
-            // loader's work (~0.8 ms measured here against a dynamically linked one).
-            linkerSettings: [.unsafeFlags(["-static-executable"])]
+            // loader's work (~0.8 ms measured here against a dynamically linked one). Release
+            // only: debug builds do not dead-strip the Foundation pieces that then fail to link.
+            linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]
         ),
 
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SBXJSON"]),

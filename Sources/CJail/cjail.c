@@ -115,12 +115,6 @@ static inline long rs6(long n, long a, long b, long c, long d, long e, long f) {
 #define rs4(n, a, b, c, d) RS(n, a, b, c, d, 0, 0)
 #define rs5(n, a, b, c, d, e) RS(n, a, b, c, d, e, 0)
 
-static long rs_retry(long n, long a, long b, long c) {
-    long r;
-    do { r = rs3(n, a, b, c); } while (r == -EINTR);
-    return r;
-}
-
 static void mark(struct cjail_config *cfg, int which) {
     struct timespec ts;
     if (rs2(SYS_clock_gettime, CLOCK_MONOTONIC, &ts) == 0)
@@ -177,6 +171,7 @@ static long write_id_map(pid_t pid, const char *file, uint32_t inside, uint32_t 
 }
 
 static int jail_main(void *arg);
+static int command_main(void *arg);
 
 static int helper_main(void *arg) {
     struct cjail_config *cfg = arg;
@@ -200,14 +195,6 @@ static int helper_main(void *arg) {
             die();
         }
     }
-    // Closed by the jail's exec (or death): EOF tells the helper it may go.
-    int exec_pipe[2];
-    long r = rs2(SYS_pipe2, exec_pipe, O_CLOEXEC);
-    if (r < 0) {
-        cfg->failed_step = CJAIL_STEP_CLONE;
-        cfg->failed_errno = (int)-r;
-        die();
-    }
     char *stack_top = (char *)cfg->stack_memory + 2 * cfg->stack_size;
     int flags = cfg->clone_flags | CLONE_VM | CLONE_PARENT | SIGCHLD;
     pid_t pid = clone(jail_main, (void *)((uintptr_t)stack_top & ~(uintptr_t)15), flags, cfg);
@@ -217,7 +204,6 @@ static int helper_main(void *arg) {
         die();
     }
     cfg->jail_pid = pid;
-    rs1(SYS_close, exec_pipe[1]);
     mark(cfg, CJAIL_MARK_CLONED);
 
     long m = 0;
@@ -228,9 +214,8 @@ static int helper_main(void *arg) {
     mark(cfg, CJAIL_MARK_MAPPED);
     __atomic_store_n(&cfg->maps_state, m == 0 ? 1 : (int)m, __ATOMIC_SEQ_CST);
     rs6(SYS_futex, (long)&cfg->maps_state, FUTEX_WAKE_PRIVATE, 1, 0, 0, 0);
-
-    char b;
-    while (rs_retry(SYS_read, exec_pipe[0], (long)&b, 1) > 0) {}
+    // Done: the caller resumes and supervises while the jail sets itself up. Its setup
+    // errors arrive through the config (which the caller keeps alive) when it exits.
     rs1(SYS_exit_group, 0);
     return 0;
 }
@@ -405,15 +390,14 @@ static int jail_main(void *arg) {
     // Everything above init's status fd closes at exec (the setup-error path stays usable until then).
     CHECK(CJAIL_STEP_FDS, rs3(SYS_close_range, 4, ~0U, CLOSE_RANGE_CLOEXEC));
 
-    // Default signal dispositions and an empty mask for init.
+    // Default signal dispositions for init and the command; the mask stays full for
+    // init (it waits with sigwaitinfo), the command empties its own.
     for (int sig = 1; sig < 65; sig++) {
         if (sig == SIGKILL || sig == SIGSTOP) continue;
         struct { void *handler; unsigned long flags; void *restorer; uint64_t mask; } act;
         zero(&act, sizeof act);
         rs4(SYS_rt_sigaction, sig, &act, 0, 8);
     }
-    uint64_t empty = 0;
-    rs4(SYS_rt_sigprocmask, SIG_SETMASK, &empty, 0, 8);
 
     // Seccomp last: the filters may forbid what the steps above needed.
     for (int i = 0; i < cfg->filter_count; i++) {
@@ -422,10 +406,92 @@ static int jail_main(void *arg) {
         prog.filter = (struct sock_filter *)cfg->filters[i].insns;
         CHECK(CJAIL_STEP_SECCOMP, rs3(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog));
     }
+    cfg->init_fd_in_jail = src[4];
     mark(cfg, CJAIL_MARK_EXEC);
-    long r = rs5(SYS_execveat, src[4], "", cfg->argv, cfg->envp, AT_EMPTY_PATH);
-    FAIL(CJAIL_STEP_EXEC, r);
+
+    // The command runs as pid 2, started before init so that exec'ing init is off its path.
+    char *stack_top = (char *)cfg->stack_memory + 3 * cfg->stack_size;
+    long cmd = clone(command_main, (void *)((uintptr_t)stack_top & ~(uintptr_t)15), CLONE_VM | CLONE_VFORK | SIGCHLD, cfg);
+    if (cmd < 0) FAIL(CJAIL_STEP_CLONE, -errno);
+    cfg->command_pid = (int)cmd;
+    char *p = put_u(cfg->init_pid_text, (unsigned long)cmd);
+    *p = 0;
+    cfg->init_argv[0] = "sbx-init";
+    cfg->init_argv[1] = cfg->init_pid_text;
+    cfg->init_argv[2] = 0;
+    long r = rs5(SYS_execveat, cfg->init_fd_in_jail, "", cfg->init_argv, cfg->envp, AT_EMPTY_PATH);
+    FAIL(CJAIL_STEP_EXEC, r);  // pid 1 dies, and with it the command
     return 0;
+}
+
+/// Appends s to the line buffer, bounded.
+static char *put_b(char *dst, char *end, const char *s) {
+    while (*s && dst < end) *dst++ = *s++;
+    return dst;
+}
+
+__attribute__((noreturn)) static void command_failed(const char *name, long err) {
+    char line[512];
+    char *end = line + sizeof line - 2, *p = line;
+    p = put_b(p, end, "sbx: ");
+    p = put_b(p, end, name);
+    if (err == -ENOENT || err == -ENOTDIR) p = put_b(p, end, ": command not found");
+    else if (err == -EACCES) p = put_b(p, end, ": permission denied");
+    else if (err == -ENOEXEC) p = put_b(p, end, ": exec format error");
+    else {
+        p = put_b(p, end, ": cannot execute (errno ");
+        if (p + 12 < end) p = put_u(p, (unsigned long)-err);
+        p = put_b(p, end, ")");
+    }
+    *p++ = '\n';
+    rs3(SYS_write, 2, line, p - line);
+    for (;;) rs1(SYS_exit_group, (err == -ENOENT || err == -ENOTDIR) ? 127 : 126);
+}
+
+/// execve, falling back to /bin/sh for a script without #! (as execvp does).
+static long exec_one(struct cjail_config *cfg, const char *path) {
+    long r = rs3(SYS_execve, path, cfg->command_argv, cfg->envp);
+    if (r == -ENOEXEC && cfg->shell_argv) {
+        cfg->shell_argv[1] = (char *)path;
+        rs3(SYS_execve, "/bin/sh", cfg->shell_argv, cfg->envp);
+    }
+    return r;
+}
+
+/// pid 2: the command. Searches PATH like execvp, with raw syscalls only.
+static int command_main(void *arg) {
+    struct cjail_config *cfg = arg;
+    rs1(SYS_close, 3);  // init's status pipe
+    uint64_t empty = 0;
+    rs4(SYS_rt_sigprocmask, SIG_SETMASK, &empty, 0, 8);
+    const char *name = cfg->command_argv[0];
+    int has_slash = 0;
+    for (const char *c = name; *c; c++) if (*c == '/') has_slash = 1;
+    if (has_slash) command_failed(name, exec_one(cfg, name));
+
+    long result = -ENOENT;
+    int denied = 0;
+    const char *dir = cfg->path_list;
+    size_t name_len = slen(name);
+    while (1) {
+        const char *end = dir;
+        while (*end && *end != ':') end++;
+        size_t dir_len = (size_t)(end - dir);
+        if (dir_len + name_len + 2 <= sizeof cfg->path_buf) {
+            char *p = cfg->path_buf;
+            for (size_t i = 0; i < dir_len; i++) *p++ = dir[i];
+            if (dir_len == 0) *p++ = '.';
+            *p++ = '/';
+            for (size_t i = 0; i < name_len; i++) *p++ = name[i];
+            *p = 0;
+            long r = exec_one(cfg, cfg->path_buf);
+            if (r == -EACCES) denied = 1;
+            else if (r != -ENOENT && r != -ENOTDIR && r != -ESTALE && r != -ENODEV && r != -ETIMEDOUT) { result = r; break; }
+        }
+        if (!*end) break;
+        dir = end + 1;
+    }
+    command_failed(name, denied && result == -ENOENT ? -EACCES : result);
 }
 
 // MARK: - caller side

@@ -116,7 +116,6 @@ public enum Jail {
         trace.mark("cgroup")
         var env = profile.env
         for (k, v) in request.env { env[k] = v }
-        let argv = ["sbx-init"] + request.argv
         let envp = env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
 
         let out = try Pipe(), err = try Pipe(), status = try Pipe()
@@ -169,10 +168,24 @@ public enum Jail {
         }
         let cFilters = filters.map { f in cjail_filter(insns: arena.bytes(f.bytes), count: UInt16(f.instructionCount)) }
 
-        let stackSize = 256 << 10
-        let stacks = mmap(nil, 2 * stackSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0)
+        // The jail's pid 1 reads the config and runs on these stacks until it has exec'd
+        // sbx-init, which may be after cjail_spawn returns: both live until the jail is gone.
+        let stackSize = 128 << 10
+        let stacks = mmap(nil, 3 * stackSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0)
         guard let stacks, stacks != MAP_FAILED else { throw .system(call: "mmap", errno: Errno(rawValue: errno)) }
-        defer { munmap(stacks, 2 * stackSize) }
+        defer { munmap(stacks, 3 * stackSize) }
+        let cfgPointer = UnsafeMutablePointer<cjail_config>.allocate(capacity: 1)
+        cfgPointer.initialize(to: cjail_config())
+        defer { cfgPointer.deallocate() }
+        let opsPointer = UnsafeMutableBufferPointer<cjail_op>.allocate(capacity: max(cOps.count, 1))
+        _ = opsPointer.initialize(from: cOps)
+        defer { opsPointer.deallocate() }
+        let rlimitsPointer = UnsafeMutableBufferPointer<cjail_rlimit>.allocate(capacity: max(rlimits.count, 1))
+        _ = rlimitsPointer.initialize(from: rlimits)
+        defer { rlimitsPointer.deallocate() }
+        let filtersPointer = UnsafeMutableBufferPointer<cjail_filter>.allocate(capacity: max(cFilters.count, 1))
+        _ = filtersPointer.initialize(from: cFilters)
+        defer { filtersPointer.deallocate() }
 
         var cfg = cjail_config()
         cfg.clone_flags = cloneFlags
@@ -198,52 +211,57 @@ public enum Jail {
         cfg.rlimit_count = Int32(rlimits.count)
         cfg.last_cap = Int32(lastCapability())
         cfg.filter_count = Int32(cFilters.count)
-        cfg.argv = arena.stringArray(argv)
+        cfg.command_argv = arena.stringArray(request.argv)
         cfg.envp = arena.stringArray(envp)
+        cfg.path_list = arena.string(env["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
+        cfg.shell_argv = UnsafeMutablePointer(mutating: arena.stringArray(["/bin/sh", "/"] + request.argv.dropFirst()))
         cfg.stack_memory = stacks
         cfg.stack_size = stackSize
+        cfg.ops = UnsafePointer(opsPointer.baseAddress)
+        cfg.rlimits = UnsafePointer(rlimitsPointer.baseAddress)
+        cfg.filters = UnsafePointer(filtersPointer.baseAddress)
+        cfgPointer.pointee = cfg
+        _ = cfg
 
         trace.mark("prepare")
-        let rc = cOps.withUnsafeBufferPointer { opsBuf in
-            rlimits.withUnsafeBufferPointer { rlBuf in
-                cFilters.withUnsafeBufferPointer { fBuf in
-                    cfg.ops = opsBuf.baseAddress
-                    cfg.rlimits = rlBuf.baseAddress
-                    cfg.filters = fBuf.baseAddress
-                    return cjail_spawn(&cfg)
-                }
-            }
-        }
+        let rc = cjail_spawn(cfgPointer)
         trace.mark("spawn")
         out.closeWrite()
         err.closeWrite()
         status.closeWrite()
-        withUnsafeBytes(of: cfg.marks) { raw in
+
+        func setupFailure() -> ExecResult {
+            let c = cfgPointer.pointee
+            let step = stepName(c.failed_step, op: c.failed_op, ops: ops)
+            return ExecResult(
+                exitCode: 125, signal: nil, reason: .setupFailed, stdout: [], stderr: [], stdoutTruncatedBytes: 0,
+                stderrTruncatedBytes: 0, durationMs: Double(monotonicNanos() - start) / 1e6, peakMemoryBytes: nil, cpuMs: 0,
+                setupError: SandboxError.setup(step: step, errno: Errno(rawValue: c.failed_errno)).description)
+        }
+        if rc != 0 {
+            let pid = cfgPointer.pointee.jail_pid
+            if pid > 0 { var s: Int32 = 0; while waitpid(pid, &s, __WALL) < 0 && errno == EINTR {} }
+            return setupFailure()
+        }
+
+        // The jail is setting itself up while we start supervising it.
+        var supervisor = Supervisor(
+            jailPID: cfgPointer.pointee.jail_pid, stdoutFD: out.read, stderrFD: err.read, statusFD: status.read,
+            limits: profile.limits, stdoutSink: stdoutSink, stderrSink: stderrSink, cgroup: cgroup, start: start)
+        let outcome = try supervisor.run()
+        trace.mark("supervise")
+        withUnsafeBytes(of: cfgPointer.pointee.marks) { raw in
             let names = ["helper", "clone", "id maps", "jail", "pivot", "mounts", "lockdown", "exec"]
             for (i, t) in raw.bindMemory(to: UInt64.self).prefix(names.count).enumerated() where t > 0 {
                 trace.mark("  " + names[i], at: t)
             }
         }
-
-        if rc != 0 {
-            if cfg.jail_pid > 0 { var s: Int32 = 0; while waitpid(cfg.jail_pid, &s, __WALL) < 0 && errno == EINTR {} }
-            let step = stepName(cfg.failed_step, op: cfg.failed_op, ops: ops)
-            let e = Errno(rawValue: cfg.failed_errno)
-            return ExecResult(
-                exitCode: 125, signal: nil, reason: .setupFailed, stdout: [], stderr: [], stdoutTruncatedBytes: 0,
-                stderrTruncatedBytes: 0, durationMs: Double(monotonicNanos() - start) / 1e6, peakMemoryBytes: nil, cpuMs: 0,
-                setupError: SandboxError.setup(step: step, errno: e).description)
-        }
-
-        var supervisor = Supervisor(
-            jailPID: cfg.jail_pid, stdoutFD: out.read, stderrFD: err.read, statusFD: status.read,
-            limits: profile.limits, stdoutSink: stdoutSink, stderrSink: stderrSink, cgroup: cgroup, start: start)
-        let result = try supervisor.run()
-        trace.mark("supervise")
         cgroup.destroy()
         trace.mark("cgroup destroy")
         trace.report()
-        return result
+        // pid 1 died before reporting a status: its setup failed, and it said where.
+        if !outcome.commandReported && cfgPointer.pointee.failed_step != 0 { return setupFailure() }
+        return outcome.result
     }
 
     static func stepName(_ step: Int32, op: Int32, ops: [MountOp]) -> String {

@@ -69,65 +69,8 @@ public enum RootFS {
             made.insert(host)
         }
 
-        // /etc: its own tmpfs holding generated identity files, copies of small allow-listed
-        // host files and binds of allow-listed directories; made read-only in one step.
-        ops.append(.tmpfs("/etc", options: "mode=0755,size=8m,nr_inodes=4096", flags: CJAIL_MS_NOSUID | CJAIL_MS_NODEV))
-        made.insert("/etc")
-        func text(_ s: String) -> [UInt8] { Array(s.utf8) }
-        ops.append(.writeFile("/etc/passwd", contents: text("root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"), mode: 0o644))
-        ops.append(.writeFile("/etc/group", contents: text("root:x:0:\nnogroup:x:65534:\n"), mode: 0o644))
-        ops.append(.writeFile("/etc/hostname", contents: text(profile.hostname + "\n"), mode: 0o644))
-        var etc = profile.etc
-        if profile.network == .none {
-            ops.append(.writeFile("/etc/hosts", contents: text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t\(profile.hostname)\n"), mode: 0o644))
-            etc.removeAll { $0 == "hosts" || $0 == "resolv.conf" }
-        }
-        let generated: Set<String> = ["passwd", "group", "hostname", "shadow", "gshadow"]
-        for entry in etc where !generated.contains(entry) {
-            let host = "/etc/" + entry
-            var kind = fileKind(host)
-            var source = host
-            if case .symlink(let target) = kind {
-                if target.hasPrefix("/usr/") || target.hasPrefix("../usr/") || (!target.hasPrefix("/") && !target.contains("..")) {
-                    ensureParents(host)
-                    ops.append(.symlink(host, pointingTo: target))
-                    made.insert(host)
-                    continue
-                }
-                // e.g. resolv.conf -> /run/...: expose what it points to.
-                guard let real = realPath(host) else { continue }
-                source = real
-                kind = fileKind(real)
-            }
-            switch kind {
-            case .directory:
-                ensureParents(host)
-                ops.append(.bind(source: source, target: host, isFile: false, attributes: 0))
-            case .file:
-                ensureParents(host)
-                if let bytes = readSmallFile(source, limit: copyLimit) {
-                    ops.append(.writeFile(host, contents: bytes, mode: 0o644))
-                } else {
-                    ops.append(.bind(source: source, target: host, isFile: true, attributes: 0))
-                }
-            default: continue
-            }
-            made.insert(host)
-        }
-        ops.append(.setAttributes("/etc", attributes: MountOp.readOnly, recursive: true))
-
-        // /dev: a small tmpfs with bound device nodes and a private devpts.
-        ops.append(.tmpfs("/dev", options: "mode=0755,size=65536k,nr_inodes=4096", flags: CJAIL_MS_NOSUID | CJAIL_MS_NOEXEC))
-        for dev in devices where fileKind("/dev/" + dev) != .missing {
-            ops.append(.bind(source: "/dev/" + dev, target: "/dev/" + dev, isFile: true, attributes: 0))
-        }
-        ops.append(.devpts("/dev/pts"))
-        ops.append(.symlink("/dev/ptmx", pointingTo: "pts/ptmx"))
-        ops.append(.mkdir("/dev/shm", mode: 0o1777))
-        ops.append(.symlink("/dev/fd", pointingTo: "/proc/self/fd"))
-        ops.append(.symlink("/dev/stdin", pointingTo: "/proc/self/fd/0"))
-        ops.append(.symlink("/dev/stdout", pointingTo: "/proc/self/fd/1"))
-        ops.append(.symlink("/dev/stderr", pointingTo: "/proc/self/fd/2"))
+        planEtc(profile: profile, ops: &ops, made: &made)
+        planDev(ops: &ops)
         ops.append(.proc("/proc"))
         ops.append(.tmpfs("/tmp", options: "mode=1777,size=\(profile.limits.tmpBytes)", flags: CJAIL_MS_NOSUID | CJAIL_MS_NODEV))
 
@@ -148,6 +91,145 @@ public enum RootFS {
                              attributes: mount.writable ? MountOp.writable : MountOp.readOnly))
         }
         return ops
+    }
+
+    /// Generated identity files of every jail's /etc.
+    static func generatedEtc(_ profile: Profile) -> [(String, [UInt8])] {
+        var files: [(String, [UInt8])] = [
+            ("passwd", Array("root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n".utf8)),
+            ("group", Array("root:x:0:\nnogroup:x:65534:\n".utf8)),
+            ("hostname", Array((profile.hostname + "\n").utf8)),
+        ]
+        if profile.network == .none {
+            files.append(("hosts", Array("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t\(profile.hostname)\n".utf8)))
+        }
+        return files
+    }
+
+    /// The profile's allow-listed host /etc entries, classified.
+    enum EtcSource {
+        case symlink(String)
+        case file(String, stat)
+        case directory(String)
+    }
+
+    static func etcSources(_ profile: Profile) -> [(String, EtcSource)] {
+        let generated: Set<String> = ["passwd", "group", "hostname", "shadow", "gshadow"]
+        var out: [(String, EtcSource)] = []
+        for entry in profile.etc where !generated.contains(entry) {
+            if profile.network == .none && (entry == "hosts" || entry == "resolv.conf") { continue }
+            let host = "/etc/" + entry
+            var kind = fileKind(host)
+            var source = host
+            if case .symlink(let target) = kind {
+                if target.hasPrefix("/usr/") || target.hasPrefix("../usr/") || (!target.hasPrefix("/") && !target.contains("..")) {
+                    out.append((entry, .symlink(target)))
+                    continue
+                }
+                // e.g. resolv.conf -> /run/...: expose what it points to.
+                guard let real = realPath(host) else { continue }
+                source = real
+                kind = fileKind(real)
+            }
+            switch kind {
+            case .directory: out.append((entry, .directory(source)))
+            case .file:
+                var st = stat()
+                if stat(source, &st) == 0 { out.append((entry, .file(source, st))) }
+            default: continue
+            }
+        }
+        return out
+    }
+
+    /// /etc as one bind of a cached directory, plus binds of allow-listed directories into it.
+    static func planEtc(profile: Profile, ops: inout [MountOp], made: inout Set<String>) {
+        let generated = generatedEtc(profile)
+        let sources = etcSources(profile)
+        var entries: [HostCache.EtcEntry] = generated.map { .init(name: $0.0, content: .bytes($0.1)) }
+        var identity = "sbx-etc-1\n" + generated.map { $0.0 + "=" + String(decoding: $0.1, as: UTF8.self) }.joined(separator: "\n")
+        var dirBinds: [(String, String)] = []
+        for (name, source) in sources {
+            switch source {
+            case .symlink(let target):
+                entries.append(.init(name: name, content: .symlink(target)))
+                identity += "\nL \(name) \(target)"
+            case let .file(path, st) where Int(st.st_size) <= copyLimit:
+                entries.append(.init(name: name, content: .copy(path)))
+                identity += "\nC \(name) \(path) \(st.st_dev) \(st.st_ino) \(st.st_size) \(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
+            case let .file(path, _):
+                entries.append(.init(name: name, content: .bytes([])))
+                identity += "\nB \(name)"
+                ops.append(.bind(source: path, target: "/etc/" + name, isFile: true, attributes: 0))
+            case .directory(let path):
+                entries.append(.init(name: name, content: .mountPoint))
+                identity += "\nD \(name)"
+                dirBinds.append((path, "/etc/" + name))
+            }
+        }
+        guard let dir = HostCache.etcDirectory(entries: entries, identity: identity) else {
+            return assembleEtc(profile: profile, generated: generated, sources: sources, ops: &ops, made: &made)
+        }
+        // The large-file binds queued above must come after /etc itself.
+        let fileBinds = ops.filter { if case .bind(_, let t, true, _) = $0 { return t.hasPrefix("/etc/") }; return false }
+        ops.removeAll { if case .bind(_, let t, true, _) = $0 { return t.hasPrefix("/etc/") }; return false }
+        ops.append(.bind(source: dir, target: "/etc", isFile: false, attributes: 0))
+        ops += fileBinds
+        for (source, target) in dirBinds { ops.append(.bind(source: source, target: target, isFile: false, attributes: 0)) }
+        ops.append(.setAttributes("/etc", attributes: MountOp.readOnly, recursive: true))
+        made.insert("/etc")
+    }
+
+    /// Fallback when the cache cannot be written: a tmpfs /etc assembled at every launch.
+    static func assembleEtc(profile: Profile, generated: [(String, [UInt8])], sources: [(String, EtcSource)],
+                            ops: inout [MountOp], made: inout Set<String>) {
+        ops.append(.tmpfs("/etc", options: "mode=0755,size=8m,nr_inodes=4096", flags: CJAIL_MS_NOSUID | CJAIL_MS_NODEV))
+        made.insert("/etc")
+        func ensureParents(_ path: String) {
+            var prefix = ""
+            for part in path.split(separator: "/").dropLast() {
+                prefix += "/" + part
+                if made.insert(prefix).inserted { ops.append(.mkdir(prefix, mode: 0o755)) }
+            }
+        }
+        for (name, bytes) in generated { ops.append(.writeFile("/etc/" + name, contents: bytes, mode: 0o644)) }
+        for (name, source) in sources {
+            let path = "/etc/" + name
+            ensureParents(path)
+            switch source {
+            case .symlink(let target): ops.append(.symlink(path, pointingTo: target))
+            case .file(let host, _):
+                if let bytes = readSmallFile(host, limit: copyLimit) {
+                    ops.append(.writeFile(path, contents: bytes, mode: 0o644))
+                } else {
+                    ops.append(.bind(source: host, target: path, isFile: true, attributes: 0))
+                }
+            case .directory(let host): ops.append(.bind(source: host, target: path, isFile: false, attributes: 0))
+            }
+        }
+        ops.append(.setAttributes("/etc", attributes: MountOp.readOnly, recursive: true))
+    }
+
+    /// /dev as one read-only bind of the cached device directory plus a private devpts;
+    /// without the cache, a tmpfs with a bind per device.
+    static func planDev(ops: inout [MountOp]) {
+        if let dir = HostCache.devDirectory(devices: devices) {
+            ops.append(.bind(source: dir, target: "/dev", isFile: false,
+                             attributes: CJAIL_MOUNT_ATTR_RDONLY | CJAIL_MOUNT_ATTR_NOSUID | CJAIL_MOUNT_ATTR_NOEXEC))
+            ops.append(.devpts("/dev/pts"))
+            return
+        }
+        ops.append(.tmpfs("/dev", options: "mode=0755,size=65536k,nr_inodes=4096", flags: CJAIL_MS_NOSUID | CJAIL_MS_NOEXEC))
+        for dev in devices where fileKind("/dev/" + dev) != .missing {
+            ops.append(.bind(source: "/dev/" + dev, target: "/dev/" + dev, isFile: true, attributes: 0))
+        }
+        ops.append(.devpts("/dev/pts"))
+        ops.append(.symlink("/dev/ptmx", pointingTo: "pts/ptmx"))
+        ops.append(.symlink("/dev/shm", pointingTo: "/tmp"))
+        ops.append(.symlink("/dev/fd", pointingTo: "/proc/self/fd"))
+        ops.append(.symlink("/dev/stdin", pointingTo: "/proc/self/fd/0"))
+        ops.append(.symlink("/dev/stdout", pointingTo: "/proc/self/fd/1"))
+        ops.append(.symlink("/dev/stderr", pointingTo: "/proc/self/fd/2"))
     }
 
     static func readSmallFile(_ path: String, limit: Int) -> [UInt8]? {

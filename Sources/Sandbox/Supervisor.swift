@@ -37,7 +37,13 @@ struct Supervisor {
 
     enum Kill { case timeout, outputLimit, interrupted(Int32) }
 
-    mutating func run() throws(SandboxError) -> ExecResult {
+    struct Outcome {
+        var result: ExecResult
+        /// Whether sbx-init reported the command's status (false: pid 1 died first).
+        var commandReported: Bool
+    }
+
+    mutating func run() throws(SandboxError) -> Outcome {
         let pidfd = cjail_pidfd_open(jailPID)
         guard pidfd >= 0 else {
             let e = Errno(rawValue: errno)
@@ -151,11 +157,11 @@ struct Supervisor {
             if oomKills > 0 && !(reason == .exited && exitCode == 0) { reason = .oom }
         }
 
-        return ExecResult(
+        return Outcome(result: ExecResult(
             exitCode: exitCode, signal: signal, reason: reason,
             stdout: stdoutCapture.result(), stderr: stderrCapture.result(),
             stdoutTruncatedBytes: stdoutCapture.truncatedBytes, stderrTruncatedBytes: stderrCapture.truncatedBytes,
             durationMs: Double(monotonicNanos() - start) / 1e6,
-            peakMemoryBytes: cgroup.peakMemoryBytes(), cpuMs: cpuMs, setupError: nil)
+            peakMemoryBytes: cgroup.peakMemoryBytes(), cpuMs: cpuMs, setupError: nil), commandReported: statusBytes == 4)
     }
 }

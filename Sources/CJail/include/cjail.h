@@ -132,10 +132,15 @@ struct cjail_config {
     const struct cjail_filter *filters;
     int filter_count;
 
-    char *const *argv;
+    // the command: argv, environment, PATH to search, and ["/bin/sh", <slot>, args...]
+    // for scripts without #! (NULL to not fall back)
+    char *const *command_argv;
     char *const *envp;
+    const char *path_list;
+    char **shell_argv;
 
-    // memory for the two children's stacks (each stack_size bytes), owned by the caller
+    // memory for the three children's stacks (each stack_size bytes), owned by the caller,
+    // which must keep it and this config alive until the jail's pid 1 has exited
     void *stack_memory;
     size_t stack_size;
 
@@ -151,12 +156,19 @@ struct cjail_config {
 
     // private to cjail_spawn
     volatile int maps_state;
+    int init_fd_in_jail;
+    pid_t command_pid;
+    char *init_argv[3];
+    char init_pid_text[24];
+    char path_buf[4096];
 };
 
-/// Launches the jail. Returns 0 when sbx-init is running as pid 1 of the
-/// jail (cfg->jail_pid is then a child of the caller to reap), or -1 with
-/// cfg->failed_step/failed_errno set. When the jail process was created but
-/// failed, cfg->jail_pid is still set and must be reaped.
+/// Launches the jail. Returns 0 once the jail process exists with its id
+/// maps (cfg->jail_pid, a child of the caller to reap); it then sets itself up
+/// concurrently, starts the command as pid 2 and becomes sbx-init. If its
+/// setup fails it exits 125 with cfg->failed_step/failed_errno set, so the
+/// caller must keep cfg, its arrays and the stacks alive until it has reaped
+/// the jail. Returns -1 with failed_step set when the jail could not be created.
 int cjail_spawn(struct cjail_config *cfg);
 
 // Helpers Swift cannot reach directly (macros, missing GNU declarations).
