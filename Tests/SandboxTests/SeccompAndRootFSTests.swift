@@ -1,3 +1,4 @@
+import CJail
 import XCTest
 @testable import Sandbox
 
@@ -54,11 +55,25 @@ final class RootFSPlanTests: XCTestCase {
 
     func testPlanNeverExposesHostSecretsOrHomes() throws {
         let ops = try RootFS.plan(profile: try profile(), workspace: nil)
-        let text = ops.map(\.summary).joined(separator: "\n")
-        for forbidden in ["/root", "/home", "/etc/shadow", "/etc/gshadow", "/run", "/var", "/etc/sudoers", "/etc/ssh/ssh_host"] {
-            XCTAssertFalse(text.contains(" \(forbidden)"), "\(forbidden) must not be in the jail:\n\(text)")
+        var targets: [String] = [], sources: [String] = []
+        for op in ops {
+            switch op {
+            case let .bind(source, target, _, _): sources.append(source); targets.append(target)
+            case let .mkdir(p, _), let .symlink(p, _), let .writeFile(p, _, _), let .tmpfs(p, _, _), let .proc(p), let .devpts(p):
+                targets.append(p)
+            case .setAttributes: break
+            }
         }
-        XCTAssertFalse(ops.contains { if case .bind(source: "/", _, _, _) = $0 { return true }; return false }, "never the host's /")
+        for forbidden in ["/root", "/home", "/run", "/var", "/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh/ssh_host_rsa_key"] {
+            XCTAssertFalse(targets.contains { $0 == forbidden || $0.hasPrefix(forbidden + "/") }, "\(forbidden) must not be in the jail")
+            XCTAssertFalse(sources.contains { $0 == forbidden || ($0.hasPrefix(forbidden + "/") && !$0.hasPrefix(HostCache.root + "/")) },
+                           "\(forbidden) must not be exposed")
+        }
+        XCTAssertFalse(sources.contains("/"), "never the host's /")
+        if let etc = sources.first(where: { $0.hasPrefix(HostCache.root + "/etc-") }) {
+            XCTAssertFalse(FileManager.default.fileExists(atPath: etc + "/shadow"))
+            XCTAssertTrue(FileManager.default.fileExists(atPath: etc + "/passwd"))
+        }
     }
 
     func testSystemIsReadOnlyAndScratchSpacesAreSized() throws {
@@ -67,6 +82,7 @@ final class RootFSPlanTests: XCTestCase {
         let ops = try RootFS.plan(profile: p, workspace: nil)
         XCTAssertTrue(ops.contains(.bind(source: "/usr", target: "/usr", isFile: false, attributes: MountOp.readOnly)))
         XCTAssertTrue(ops.contains(.setAttributes("/etc", attributes: MountOp.readOnly, recursive: true)))
+        XCTAssertTrue(ops.contains { if case .bind(_, "/dev", _, let a) = $0 { return a & CJAIL_MOUNT_ATTR_RDONLY != 0 }; return false })
         XCTAssertTrue(ops.contains { if case let .tmpfs("/tmp", o, _) = $0 { return o.contains("size=\(12345 << 10)") }; return false })
         XCTAssertTrue(ops.contains(.proc("/proc")))
         XCTAssertTrue(ops.contains(.devpts("/dev/pts")))
