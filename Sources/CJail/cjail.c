@@ -173,6 +173,12 @@ static long write_id_map(pid_t pid, const char *file, uint32_t inside, uint32_t 
 static int jail_main(void *arg);
 static int command_main(void *arg);
 
+#define CLONE_INTO_CGROUP_FLAG 0x200000000ULL
+struct clone_args_v2 {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
+};
+long cjail_clone3(struct clone_args_v2 *args, size_t size, int (*fn)(void *), void *arg);
+
 static int helper_main(void *arg) {
     struct cjail_config *cfg = arg;
     mark(cfg, CJAIL_MARK_HELPER);
@@ -196,12 +202,32 @@ static int helper_main(void *arg) {
         }
     }
     char *stack_top = (char *)cfg->stack_memory + 2 * cfg->stack_size;
-    int flags = cfg->clone_flags | CLONE_VM | CLONE_PARENT | SIGCHLD;
-    pid_t pid = clone(jail_main, (void *)((uintptr_t)stack_top & ~(uintptr_t)15), flags, cfg);
-    if (pid < 0) {
-        cfg->failed_step = CJAIL_STEP_CLONE;
-        cfg->failed_errno = errno;
-        die();
+    pid_t pid;
+    if (cfg->cgroup_dir_fd >= 0) {
+        // v2: born in its cgroup. Migrating a process instead write-locks the global
+        // cgroup_threadgroup_rwsem, which waits for an RCU grace period (milliseconds).
+        struct clone_args_v2 args;
+        zero(&args, sizeof args);
+        args.flags = (uint64_t)(cfg->clone_flags | CLONE_VM | CLONE_PARENT) | CLONE_INTO_CGROUP_FLAG;
+        args.exit_signal = 0;  // with CLONE_PARENT it is inherited from the helper (SIGCHLD)
+        args.stack = (uint64_t)(uintptr_t)cfg->stack_memory + cfg->stack_size;
+        args.stack_size = cfg->stack_size;
+        args.cgroup = (uint64_t)cfg->cgroup_dir_fd;
+        long r = cjail_clone3(&args, sizeof args, jail_main, cfg);
+        if (r < 0) {
+            cfg->failed_step = CJAIL_STEP_CLONE;
+            cfg->failed_errno = (int)-r;
+            die();
+        }
+        pid = (pid_t)r;
+    } else {
+        pid = clone(jail_main, (void *)((uintptr_t)stack_top & ~(uintptr_t)15),
+                    cfg->clone_flags | CLONE_VM | CLONE_PARENT | SIGCHLD, cfg);
+        if (pid < 0) {
+            cfg->failed_step = CJAIL_STEP_CLONE;
+            cfg->failed_errno = errno;
+            die();
+        }
     }
     cfg->jail_pid = pid;
     mark(cfg, CJAIL_MARK_CLONED);

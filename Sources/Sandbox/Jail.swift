@@ -18,6 +18,8 @@ public struct JailRequest: Sendable {
     public var env: [String: String] = [:]
     /// fd the jail reads as stdin; nil means /dev/null.
     public var stdinFD: Int32?
+    /// Where the cgroup hierarchy is mounted (tests point it at a bare cgroup2 mount).
+    var cgroupRoot = Cgroup.defaultRoot
 
     public init(profile: Profile, argv: [String], workspace: String? = nil) {
         self.profile = profile
@@ -110,7 +112,7 @@ public enum Jail {
         defer { close(initFD) }
 
         trace.mark("plan")
-        let cgroup = try Cgroup(memoryBytes: profile.limits.memoryBytes, pids: profile.limits.pids)
+        let cgroup = try Cgroup(memoryBytes: profile.limits.memoryBytes, pids: profile.limits.pids, root: request.cgroupRoot)
         defer { cgroup.destroy() }
 
         trace.mark("cgroup")
@@ -199,6 +201,7 @@ public enum Jail {
             let p = raw.bindMemory(to: Int32.self)
             for (i, fd) in cgroupFDs.prefix(4).enumerated() { p[i] = fd }
         }
+        cfg.cgroup_dir_fd = cgroup.directoryFD
         cfg.stdio_fds = (stdinFD, out.write, err.write)
         cfg.status_fd = status.write
         cfg.init_fd = initFD

@@ -95,3 +95,29 @@ final class RootFSPlanTests: XCTestCase {
         XCTAssertTrue(ops.contains(.bind(source: "/tmp", target: "/workspace", isFile: false, attributes: MountOp.readOnly)))
     }
 }
+
+final class CgroupV2LaunchTests: XCTestCase {
+    /// On a cgroup v2 host the jail is created inside its cgroup with clone3(CLONE_INTO_CGROUP).
+    /// This host may mount v1 controllers; a bare cgroup2 hierarchy still shows the mechanics.
+    func testJailIsBornInsideItsV2Cgroup() throws {
+        guard getuid() == 0 else { throw XCTSkip("needs root (cgroups, user namespaces)") }
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].first { Cgroup.detectVersion(root: $0) == .v2 }
+        guard let root else { throw XCTSkip("no cgroup2 hierarchy mounted on this host") }
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        var profile = try ProfileLoader.load(repo.appendingPathComponent("profiles/default.json").path)
+        let controllers = (try? String(contentsOfFile: root + "/cgroup.controllers", encoding: .utf8)) ?? ""
+        if !controllers.contains("memory") { profile.limits.memoryBytes = nil }
+        if !controllers.contains("pids") { profile.limits.pids = nil }
+        profile.limits.maxOutputBytes = 0
+        var request = JailRequest(profile: profile, argv: ["cat", "/proc/self/cgroup"])
+        request.cgroupRoot = root
+        let initPath = Jail.initPath()
+        guard FileManager.default.fileExists(atPath: initPath) else { throw XCTSkip("sbx-init not built next to the test bundle") }
+        let result = try Jail.run(request)
+        XCTAssertEqual(result.reason, .exited, result.setupError ?? String(decoding: result.stderr, as: UTF8.self))
+        // Inside its own cgroup namespace the jail's cgroup is the root: "0::/".
+        XCTAssertTrue(String(decoding: result.stdout, as: UTF8.self).contains("0::/\n"), String(decoding: result.stdout, as: UTF8.self))
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: root + "/sbx").filter { $0.hasPrefix("run-\(getpid())-") }
+        XCTAssertEqual(leftovers, [], "the jail's cgroup is removed")
+    }
+}

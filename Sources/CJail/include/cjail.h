@@ -104,9 +104,11 @@ struct cjail_config {
     // identity: inside ids map onto unprivileged host ids
     uint32_t inside_uid, inside_gid, host_uid, host_gid;
 
-    // cgroup.procs files the helper writes "0" into before cloning the jail
+    // cgroup v1: `tasks` files the helper writes "0" into before cloning the jail
     int cgroup_fds[4];
     int cgroup_fd_count;
+    // cgroup v2: the cgroup directory the jail is created in (clone3 CLONE_INTO_CGROUP), or -1
+    int cgroup_dir_fd;
 
     // stdin, stdout, stderr of the jail, and the status pipe handed to init as fd 3
     int stdio_fds[3];
