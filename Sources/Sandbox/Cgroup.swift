@@ -50,6 +50,7 @@ public final class Cgroup {
             if memoryBytes != nil { controllers.append("memory") }
             if pids != nil { controllers.append("pids") }
             try Cgroup.ensureV2Parent(parent, root: root, controllers: controllers)
+            Cgroup.removeStale(in: parent)
             let dir = parent + "/" + name
             try Cgroup.makeDir(dir)
             paths = [dir]
@@ -66,6 +67,8 @@ public final class Cgroup {
             let pidsDir = root + "/pids/sbx/" + name
             try Cgroup.makeDir(root + "/memory/sbx", existingOK: true)
             try Cgroup.makeDir(root + "/pids/sbx", existingOK: true)
+            Cgroup.removeStale(in: root + "/memory/sbx")
+            Cgroup.removeStale(in: root + "/pids/sbx")
             try Cgroup.makeDir(memDir)
             paths = [memDir]
             memoryDir = memDir
@@ -167,6 +170,19 @@ public final class Cgroup {
         let change = controllers.map { "+" + $0 }.joined(separator: " ")
         try write(root + "/cgroup.subtree_control", change)
         try write(parent + "/cgroup.subtree_control", change)
+    }
+
+    /// Removes the cgroups of sbx processes that died without cleaning up (SIGKILL):
+    /// `run-PID-N` whose PID is gone. Their jails died with them (parent-death signal).
+    static func removeStale(in parent: String) {
+        guard let d = opendir(parent) else { return }
+        defer { closedir(d) }
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let parts = name.split(separator: "-")
+            guard parts.count == 3, parts[0] == "run", let pid = pid_t(parts[1]), pid != getpid() else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH { rmdir(parent + "/" + name) }
+        }
     }
 
     static func makeDir(_ path: String, existingOK: Bool = false) throws(SandboxError) {
