@@ -86,8 +86,8 @@ enum HostCache {
             let path = tmp + "/" + entry.name
             ok = makeParents(of: path, under: tmp)
             switch entry.content {
-            case .bytes(let b): ok = ok && writeFile(path, b)
-            case .copy(let source): ok = ok && copyFile(source, to: path)
+            case .bytes(let b): ok = ok && FileIO.create(path, b, mode: 0o644)
+            case .copy(let source): ok = ok && ((try? FileIO.read(source, limit: RootFS.copyLimit)).map { FileIO.create(path, $0, mode: 0o644) } ?? false)
             case .symlink(let target): ok = ok && symlink(target, path) == 0
             case .mountPoint: ok = ok && mkdir(path, 0o755) == 0
             }
@@ -111,25 +111,6 @@ enum HostCache {
             if mkdir(prefix, 0o755) != 0 && errno != EEXIST { return false }
         }
         return true
-    }
-
-    static func writeFile(_ path: String, _ bytes: [UInt8]) -> Bool {
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o644)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return false }
-            off += n
-        }
-        return fchmod(fd, 0o644) == 0
-    }
-
-    static func copyFile(_ source: String, to path: String) -> Bool {
-        guard let bytes = try? Seccomp.readFile(source) else { return false }
-        return writeFile(path, bytes)
     }
 
     /// rm -r without following symlinks (only ever applied to our own temporary directories).

@@ -112,21 +112,9 @@ public enum ProfileLoader {
     static func readJSON(_ file: String) throws(SandboxError) -> JSON {
         let text: String
         do {
-            let fd = try FileDescriptor.open(file, .readOnly, options: .closeOnExec)
-            defer { try? fd.close() }
-            var bytes: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 16384)
-            while true {
-                let n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0) }
-                if n == 0 { break }
-                bytes += chunk[0..<n]
-                if bytes.count > 1 << 20 { throw Errno.fileTooLarge }
-            }
-            text = String(decoding: bytes, as: UTF8.self)
-        } catch let e as Errno {
-            throw .hostPath(path: file, reason: "cannot read profile", errno: e)
+            text = String(decoding: try FileIO.read(file, limit: 1 << 20), as: UTF8.self)
         } catch {
-            throw .hostPath(path: file, reason: "cannot read profile", errno: nil)
+            throw .hostPath(path: file, reason: "cannot read profile", errno: error)
         }
         do {
             return try JSON.parse(text)

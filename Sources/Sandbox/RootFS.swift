@@ -199,7 +199,7 @@ public enum RootFS {
             switch source {
             case .symlink(let target): ops.append(.symlink(path, pointingTo: target))
             case .file(let host, _):
-                if let bytes = readSmallFile(host, limit: copyLimit) {
+                if let bytes = try? FileIO.read(host, limit: copyLimit, followSymlinks: false) {
                     ops.append(.writeFile(path, contents: bytes, mode: 0o644))
                 } else {
                     ops.append(.bind(source: host, target: path, isFile: true, attributes: 0))
@@ -230,23 +230,6 @@ public enum RootFS {
         ops.append(.symlink("/dev/stdin", pointingTo: "/proc/self/fd/0"))
         ops.append(.symlink("/dev/stdout", pointingTo: "/proc/self/fd/1"))
         ops.append(.symlink("/dev/stderr", pointingTo: "/proc/self/fd/2"))
-    }
-
-    static func readSmallFile(_ path: String, limit: Int) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, Int(st.st_size) <= limit else { return nil }
-        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return nil }
-            done += n
-        }
-        return bytes
     }
 
     enum FileKind: Equatable {

@@ -62,7 +62,7 @@ public enum Seccomp {
         var key = formatVersion + "\n" + libseccompVersion + "\n" + deniedSyscalls.joined(separator: ",")
         key += "\n" + profile.seccompDeny.joined(separator: ",")
         for file in profile.seccompImports {
-            key += "\n" + file + "\n" + String(decoding: (try? readFile(file)) ?? [], as: UTF8.self)
+            key += "\n" + file + "\n" + String(decoding: (try? FileIO.read(file, limit: 4 << 20)) ?? [], as: UTF8.self)
         }
         let hash = fnv1a64(key)
         if let cached = cacheLock.withLock({ cache[hash] }) { return cached }
@@ -87,13 +87,9 @@ public enum Seccomp {
 
     /// Reads a cached program set, trusting only a root-owned file nobody else can write.
     static func loadCached(_ path: String) -> [SeccompProgram]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0, st.st_uid == geteuid(), st.st_mode & 0o022 == 0, st.st_size < 1 << 20 else { return nil }
-        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
-        guard bytes.withUnsafeMutableBytes({ read(fd, $0.baseAddress, $0.count) }) == bytes.count else { return nil }
+        guard lstat(path, &st) == 0, st.st_uid == geteuid(), st.st_mode & 0o022 == 0,
+              let bytes = try? FileIO.read(path, limit: 1 << 20, followSymlinks: false) else { return nil }
         // Format: repeated [u32 little-endian byte count][BPF bytes].
         var programs: [SeccompProgram] = []
         var i = 0
@@ -116,10 +112,7 @@ public enum Seccomp {
             bytes += p.bytes
         }
         let tmp = path + ".tmp.\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { return }
-        let ok = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count
-        close(fd)
+        let ok = FileIO.create(tmp, bytes, mode: 0o600)
         if !ok || rename(tmp, path) != 0 { unlink(tmp) }
     }
 
@@ -134,20 +127,6 @@ public enum Seccomp {
         return lstat(path, &st) == 0 && st.st_mode & S_IFMT == S_IFDIR && st.st_uid == geteuid() && st.st_mode & 0o077 == 0
     }
 
-    static func readFile(_ path: String) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw Errno(rawValue: errno) }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            out += chunk[0..<n]
-            if out.count > 4 << 20 { break }
-        }
-        return out
-    }
 
     /// The built-in deny-list filter.
     public static func builtIn(extraDeny: [String] = []) throws(SandboxError) -> SeccompProgram {
