@@ -121,7 +121,14 @@ static void mark(struct cjail_config *cfg, int which) {
         cfg->marks[which] = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-__attribute__((noreturn)) static void die(void) {
+static void signal_state(volatile int *word, int value) {
+    __atomic_store_n(word, value, __ATOMIC_SEQ_CST);
+    rs6(SYS_futex, (long)word, FUTEX_WAKE_PRIVATE, 1, 0, 0, 0);
+}
+
+__attribute__((noreturn)) static void die(struct cjail_config *cfg) {
+    // A jail that dies before taking its own fd table must still release the caller.
+    if (__atomic_load_n(&cfg->files_state, __ATOMIC_SEQ_CST) == 0) signal_state(&cfg->files_state, -1);
     for (;;) rs1(SYS_exit_group, 125);
 }
 
@@ -182,14 +189,6 @@ long cjail_clone3(struct clone_args_v2 *args, size_t size, int (*fn)(void *), vo
 static int helper_main(void *arg) {
     struct cjail_config *cfg = arg;
     mark(cfg, CJAIL_MARK_HELPER);
-    for (int i = 0; i < cfg->cgroup_fd_count; i++) {
-        long r = rs3(SYS_write, cfg->cgroup_fds[i], "0", 1);
-        if (r < 0) {
-            cfg->failed_step = CJAIL_STEP_CGROUP_JOIN;
-            cfg->failed_errno = (int)-r;
-            die();
-        }
-    }
     // rlimits here, as host root: raising a hard limit needs CAP_SYS_RESOURCE in the
     // initial user namespace, which the jail never has. The jail inherits them.
     for (int i = 0; i < cfg->rlimit_count; i++) {
@@ -198,7 +197,7 @@ static int helper_main(void *arg) {
         if (r < 0) {
             cfg->failed_step = CJAIL_STEP_RLIMIT;
             cfg->failed_errno = (int)-r;
-            die();
+            die(cfg);
         }
     }
     char *stack_top = (char *)cfg->stack_memory + 2 * cfg->stack_size;
@@ -208,7 +207,7 @@ static int helper_main(void *arg) {
         // cgroup_threadgroup_rwsem, which waits for an RCU grace period (milliseconds).
         struct clone_args_v2 args;
         zero(&args, sizeof args);
-        args.flags = (uint64_t)(cfg->clone_flags | CLONE_VM | CLONE_PARENT) | CLONE_INTO_CGROUP_FLAG;
+        args.flags = (uint64_t)(cfg->clone_flags | CLONE_VM | CLONE_FILES | CLONE_PARENT) | CLONE_INTO_CGROUP_FLAG;
         args.exit_signal = 0;  // with CLONE_PARENT it is inherited from the helper (SIGCHLD)
         args.stack = (uint64_t)(uintptr_t)cfg->stack_memory + cfg->stack_size;
         args.stack_size = cfg->stack_size;
@@ -217,16 +216,16 @@ static int helper_main(void *arg) {
         if (r < 0) {
             cfg->failed_step = CJAIL_STEP_CLONE;
             cfg->failed_errno = (int)-r;
-            die();
+            die(cfg);
         }
         pid = (pid_t)r;
     } else {
         pid = clone(jail_main, (void *)((uintptr_t)stack_top & ~(uintptr_t)15),
-                    cfg->clone_flags | CLONE_VM | CLONE_PARENT | SIGCHLD, cfg);
+                    cfg->clone_flags | CLONE_VM | CLONE_FILES | CLONE_PARENT | SIGCHLD, cfg);
         if (pid < 0) {
             cfg->failed_step = CJAIL_STEP_CLONE;
             cfg->failed_errno = errno;
-            die();
+            die(cfg);
         }
     }
     cfg->jail_pid = pid;
@@ -240,8 +239,8 @@ static int helper_main(void *arg) {
     mark(cfg, CJAIL_MARK_MAPPED);
     __atomic_store_n(&cfg->maps_state, m == 0 ? 1 : (int)m, __ATOMIC_SEQ_CST);
     rs6(SYS_futex, (long)&cfg->maps_state, FUTEX_WAKE_PRIVATE, 1, 0, 0, 0);
-    // Done: the caller resumes and supervises while the jail sets itself up. Its setup
-    // errors arrive through the config (which the caller keeps alive) when it exits.
+    // Done. The jail sets itself up once the caller publishes the plan; its setup errors
+    // arrive through the config (which the caller keeps alive) when it exits.
     rs1(SYS_exit_group, 0);
     return 0;
 }
@@ -252,7 +251,7 @@ static int helper_main(void *arg) {
     do {                                        \
         cfg->failed_step = (step);              \
         cfg->failed_errno = (int)-(err);        \
-        die();                                  \
+        die(cfg);                                  \
     } while (0)
 #define CHECK(step, expr)                       \
     do {                                        \
@@ -366,7 +365,20 @@ static int jail_main(void *arg) {
         rs6(SYS_futex, (long)&cfg->maps_state, FUTEX_WAIT_PRIVATE, 0, 0, 0, 0);
     int maps = __atomic_load_n(&cfg->maps_state, __ATOMIC_SEQ_CST);
     if (maps < 0) FAIL(CJAIL_STEP_ID_MAP, maps);
+    while (__atomic_load_n(&cfg->plan_state, __ATOMIC_SEQ_CST) == 0)
+        rs6(SYS_futex, (long)&cfg->plan_state, FUTEX_WAIT_PRIVATE, 0, 0, 0, 0);
+    if (__atomic_load_n(&cfg->plan_state, __ATOMIC_SEQ_CST) < 0) die(cfg);
+    // Until now we shared the caller's fd table, so that the pipes and cgroup files it opened
+    // while planning are ours too; from here on our fd changes must not touch it.
+    CHECK(CJAIL_STEP_FDS, rs1(SYS_unshare, CLONE_FILES));
+    signal_state(&cfg->files_state, 1);
     mark(cfg, CJAIL_MARK_JAIL);
+
+    // cgroup v1: join by writing "0" to `tasks` (fds the caller opened as root). Moving only the
+    // calling thread skips the global cgroup_threadgroup_rwsem, whose write side waits for an RCU
+    // grace period. Then a cgroup namespace rooted there.
+    for (int i = 0; i < cfg->cgroup_fd_count; i++) CHECK(CJAIL_STEP_CGROUP_JOIN, rs3(SYS_write, cfg->cgroup_fds[i], "0", 1));
+    if (cfg->unshare_cgroup_ns) CHECK(CJAIL_STEP_CGROUP_JOIN, rs1(SYS_unshare, CLONE_NEWCGROUP));
 
     // Become the mapped root: host credentials are now the unprivileged host ids.
     CHECK(CJAIL_STEP_SET_IDS, rs3(SYS_setresgid, 0, 0, 0));
@@ -524,6 +536,8 @@ static int command_main(void *arg) {
 
 int cjail_spawn(struct cjail_config *cfg) {
     cfg->maps_state = 0;
+    cfg->plan_state = 0;
+    cfg->files_state = 0;
     cfg->failed_step = CJAIL_STEP_NONE;
     cfg->failed_op = -1;
     cfg->failed_errno = 0;
@@ -536,7 +550,8 @@ int cjail_spawn(struct cjail_config *cfg) {
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     char *stack_top = (char *)cfg->stack_memory + cfg->stack_size;
-    pid_t pid = clone(helper_main, (void *)((uintptr_t)stack_top & ~(uintptr_t)15), CLONE_VM | CLONE_VFORK | SIGCHLD, cfg);
+    // CLONE_FILES: the jail shares our fd table until the plan is published (see jail_main).
+    pid_t pid = clone(helper_main, (void *)((uintptr_t)stack_top & ~(uintptr_t)15), CLONE_VM | CLONE_FILES | SIGCHLD, cfg);
     int err = errno;
     pthread_sigmask(SIG_SETMASK, &old, 0);
     if (pid < 0) {
@@ -545,8 +560,49 @@ int cjail_spawn(struct cjail_config *cfg) {
         return -1;
     }
     cfg->helper_pid = pid;
+    return 0;
+}
+
+void cjail_publish(struct cjail_config *cfg, const struct cjail_config *plan) {
+    if (plan) {
+        for (int i = 0; i < 4; i++) cfg->cgroup_fds[i] = plan->cgroup_fds[i];
+        cfg->cgroup_fd_count = plan->cgroup_fd_count;
+        cfg->unshare_cgroup_ns = plan->unshare_cgroup_ns;
+        for (int i = 0; i < 3; i++) cfg->stdio_fds[i] = plan->stdio_fds[i];
+        cfg->status_fd = plan->status_fd;
+        cfg->init_fd = plan->init_fd;
+        cfg->staging_dir = plan->staging_dir;
+        cfg->root_tmpfs_options = plan->root_tmpfs_options;
+        cfg->ops = plan->ops;
+        cfg->op_count = plan->op_count;
+        cfg->hostname = plan->hostname;
+        cfg->bring_up_loopback = plan->bring_up_loopback;
+        cfg->cwd = plan->cwd;
+        cfg->last_cap = plan->last_cap;
+        cfg->filters = plan->filters;
+        cfg->filter_count = plan->filter_count;
+        cfg->command_argv = plan->command_argv;
+        cfg->envp = plan->envp;
+        cfg->path_list = plan->path_list;
+        cfg->shell_argv = plan->shell_argv;
+    }
+    __atomic_store_n(&cfg->plan_state, plan ? 1 : -1, __ATOMIC_SEQ_CST);
+    rs6(SYS_futex, (long)&cfg->plan_state, FUTEX_WAKE_PRIVATE, 1, 0, 0, 0);
+}
+
+int cjail_wait_jail_files(struct cjail_config *cfg) {
+    for (;;) {
+        int state = __atomic_load_n(&cfg->files_state, __ATOMIC_SEQ_CST);
+        if (state != 0) return state;
+        if (cfg->jail_pid > 0 && kill(cfg->jail_pid, 0) != 0 && errno == ESRCH) return -1;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        rs6(SYS_futex, (long)&cfg->files_state, FUTEX_WAIT_PRIVATE, 0, (long)&ts, 0, 0);
+    }
+}
+
+int cjail_reap_helper(struct cjail_config *cfg) {
     int status;
-    while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR) {}
+    while (waitpid(cfg->helper_pid, &status, __WALL) < 0 && errno == EINTR) {}
     if (cfg->failed_step == CJAIL_STEP_NONE && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
         cfg->failed_step = CJAIL_STEP_CLONE;
         cfg->failed_errno = EIO;

@@ -98,173 +98,148 @@ public enum Jail {
             guard let real = RootFS.realPath(w) else { throw .hostPath(path: w, reason: "workspace does not exist", errno: Errno(rawValue: errno)) }
             workspace = real
         }
-        trace.mark("start")
         let ids = try hostIDs(profile: profile, workspace: workspace)
-        trace.mark("host ids")
-        let filters = try Seccomp.filters(for: profile)
-        trace.mark("seccomp")
-        let ops = try RootFS.plan(profile: profile, workspace: workspace)
-
         let initFD = cjail_open_path(initPath())
         guard initFD >= 0 else {
             throw .hostPath(path: initPath(), reason: "sbx-init is missing (it must sit next to the sbx binary)", errno: Errno(rawValue: errno))
         }
         defer { close(initFD) }
-
-        trace.mark("plan")
-        let cgroup = try Cgroup(memoryBytes: profile.limits.memoryBytes, pids: profile.limits.pids, root: request.cgroupRoot)
-        defer { cgroup.destroy() }
-
-        trace.mark("cgroup")
-        var env = profile.env
-        for (k, v) in request.env { env[k] = v }
-        let envp = env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-
-        let out = try Pipe(), err = try Pipe(), status = try Pipe()
-        _ = cjail_set_pipe_size(out.read, 1 << 20)
-        _ = cjail_set_pipe_size(err.read, 1 << 20)
-        var stdinFD = request.stdinFD ?? -1
-        var devNull: Int32 = -1
-        if stdinFD < 0 {
-            devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
-            stdinFD = devNull
+        guard let cgroupVersion = Cgroup.detectVersion(root: request.cgroupRoot) else {
+            throw .cgroup(operation: "detect", path: request.cgroupRoot, errno: .noSuchFileOrDirectory)
         }
-        defer { if devNull >= 0 { close(devNull) } }
+        trace.mark("checks")
 
-        let rlimits = [
+        // Memory the launch children share with us: alive until the jail has been reaped
+        // (the defers run after every return below, and the supervisor reaps).
+        let memory = try LaunchMemory()
+        defer { memory.free() }
+        var cgroup: Cgroup? = nil
+        defer { cgroup?.destroy() }
+        // v2 jails are born in their cgroup (clone3), so it must exist first; v1 jails join it
+        // once planned, so creating it overlaps with the kernel building the namespaces.
+        if cgroupVersion == .v2 {
+            cgroup = try Cgroup(memoryBytes: profile.limits.memoryBytes, pids: profile.limits.pids, root: request.cgroupRoot)
+        }
+
+        let cfg = memory.config
+        var cloneFlags = CJAIL_CLONE_NEWUSER | CJAIL_CLONE_NEWNS | CJAIL_CLONE_NEWPID | CJAIL_CLONE_NEWIPC | CJAIL_CLONE_NEWUTS
+        if cgroupVersion == .v2 { cloneFlags |= CJAIL_CLONE_NEWCGROUP }
+        if profile.network == .none { cloneFlags |= CJAIL_CLONE_NEWNET }
+        cfg.pointee.clone_flags = cloneFlags
+        cfg.pointee.host_uid = ids.uid
+        cfg.pointee.host_gid = ids.gid
+        cfg.pointee.cgroup_dir_fd = cgroup?.directoryFD ?? -1
+        memory.setRlimits([
             clampedLimit(RLIMIT_NOFILE, profile.limits.nofile),
             clampedLimit(RLIMIT_CORE, 0),
             profile.limits.fileSizeBytes.map { clampedLimit(RLIMIT_FSIZE, $0) },
             profile.limits.cpuSeconds.map { clampedLimit(RLIMIT_CPU, $0) },
-        ].compactMap { $0 }
-
-        var cloneFlags = CJAIL_CLONE_NEWUSER | CJAIL_CLONE_NEWNS | CJAIL_CLONE_NEWPID | CJAIL_CLONE_NEWIPC | CJAIL_CLONE_NEWUTS | CJAIL_CLONE_NEWCGROUP
-        if profile.network == .none { cloneFlags |= CJAIL_CLONE_NEWNET }
-
-        let arena = CArena()
-        let cOps = ops.map { op -> cjail_op in
-            var c = cjail_op()
-            switch op {
-            case let .mkdir(p, mode):
-                c.kind = Int32(CJAIL_OP_MKDIR.rawValue); c.target = arena.string(p); c.mode = mode
-            case let .symlink(p, to):
-                c.kind = Int32(CJAIL_OP_SYMLINK.rawValue); c.target = arena.string(p); c.data = arena.string(to)
-            case let .writeFile(p, contents, mode):
-                c.kind = Int32(CJAIL_OP_WRITE_FILE.rawValue); c.target = arena.string(p)
-                c.data = arena.bytes(contents).assumingMemoryBound(to: CChar.self)
-                c.data_len = contents.count; c.mode = mode
-            case let .tmpfs(p, options, flags):
-                c.kind = Int32(CJAIL_OP_TMPFS.rawValue); c.target = arena.string(p); c.data = arena.string(options); c.flags = flags
-            case let .bind(source, target, isFile, attributes):
-                c.kind = Int32(CJAIL_OP_BIND.rawValue); c.source = arena.string("/oldroot" + source); c.target = arena.string(target)
-                c.is_file = isFile ? 1 : 0
-                c.attr = attributes
-            case let .setAttributes(p, attributes, recursive):
-                c.kind = Int32(CJAIL_OP_SET_ATTR.rawValue); c.target = arena.string(p); c.attr = attributes; c.flags = recursive ? 1 : 0
-            case let .proc(p):
-                c.kind = Int32(CJAIL_OP_PROC.rawValue); c.target = arena.string(p)
-            case let .devpts(p):
-                c.kind = Int32(CJAIL_OP_DEVPTS.rawValue); c.target = arena.string(p)
-            }
-            return c
-        }
-        let cFilters = filters.map { f in cjail_filter(insns: arena.bytes(f.bytes), count: UInt16(f.instructionCount)) }
-
-        // The jail's pid 1 reads the config and runs on these stacks until it has exec'd
-        // sbx-init, which may be after cjail_spawn returns: both live until the jail is gone.
-        let stackSize = 128 << 10
-        let stacks = mmap(nil, 3 * stackSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0)
-        guard let stacks, stacks != MAP_FAILED else { throw .system(call: "mmap", errno: Errno(rawValue: errno)) }
-        defer { munmap(stacks, 3 * stackSize) }
-        let cfgPointer = UnsafeMutablePointer<cjail_config>.allocate(capacity: 1)
-        cfgPointer.initialize(to: cjail_config())
-        defer { cfgPointer.deallocate() }
-        let opsPointer = UnsafeMutableBufferPointer<cjail_op>.allocate(capacity: max(cOps.count, 1))
-        _ = opsPointer.initialize(from: cOps)
-        defer { opsPointer.deallocate() }
-        let rlimitsPointer = UnsafeMutableBufferPointer<cjail_rlimit>.allocate(capacity: max(rlimits.count, 1))
-        _ = rlimitsPointer.initialize(from: rlimits)
-        defer { rlimitsPointer.deallocate() }
-        let filtersPointer = UnsafeMutableBufferPointer<cjail_filter>.allocate(capacity: max(cFilters.count, 1))
-        _ = filtersPointer.initialize(from: cFilters)
-        defer { filtersPointer.deallocate() }
-
-        var cfg = cjail_config()
-        cfg.clone_flags = cloneFlags
-        cfg.inside_uid = 0
-        cfg.inside_gid = 0
-        cfg.host_uid = ids.uid
-        cfg.host_gid = ids.gid
-        let cgroupFDs = cgroup.joinFDs
-        cfg.cgroup_fd_count = Int32(cgroupFDs.count)
-        withUnsafeMutableBytes(of: &cfg.cgroup_fds) { raw in
-            let p = raw.bindMemory(to: Int32.self)
-            for (i, fd) in cgroupFDs.prefix(4).enumerated() { p[i] = fd }
-        }
-        cfg.cgroup_dir_fd = cgroup.directoryFD
-        cfg.stdio_fds = (stdinFD, out.write, err.write)
-        cfg.status_fd = status.write
-        cfg.init_fd = initFD
-        cfg.staging_dir = arena.string("/tmp")
-        cfg.root_tmpfs_options = arena.string("mode=0755,size=4m,nr_inodes=4096")
-        cfg.op_count = Int32(cOps.count)
-        cfg.hostname = arena.string(profile.hostname)
-        cfg.bring_up_loopback = profile.network == .none ? 1 : 0
-        cfg.cwd = arena.string(request.cwd)
-        cfg.rlimit_count = Int32(rlimits.count)
-        cfg.last_cap = Int32(lastCapability())
-        cfg.filter_count = Int32(cFilters.count)
-        cfg.command_argv = arena.stringArray(request.argv)
-        cfg.envp = arena.stringArray(envp)
-        cfg.path_list = arena.string(env["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
-        cfg.shell_argv = UnsafeMutablePointer(mutating: arena.stringArray(["/bin/sh", "/"] + request.argv.dropFirst()))
-        cfg.stack_memory = stacks
-        cfg.stack_size = stackSize
-        cfg.ops = UnsafePointer(opsPointer.baseAddress)
-        cfg.rlimits = UnsafePointer(rlimitsPointer.baseAddress)
-        cfg.filters = UnsafePointer(filtersPointer.baseAddress)
-        cfgPointer.pointee = cfg
-        _ = cfg
-
-        trace.mark("prepare")
-        let rc = cjail_spawn(cfgPointer)
+        ].compactMap { $0 })
+        trace.mark("prepare launch")
+        guard cjail_spawn(cfg) == 0 else { return setupFailure(cfg, ops: [], start: start) }
         trace.mark("spawn")
+
+        // Plan while the helper creates the namespaces; the jail waits for cjail_publish.
+        let out: Pipe, err: Pipe, status: Pipe, ops: [MountOp]
+        var devNull: Int32 = -1
+        defer { if devNull >= 0 { close(devNull) } }
+        do {
+            if cgroup == nil {
+                cgroup = try Cgroup(memoryBytes: profile.limits.memoryBytes, pids: profile.limits.pids, root: request.cgroupRoot)
+            }
+            trace.mark("cgroup")
+            let filters = try Seccomp.filters(for: profile)
+            trace.mark("seccomp")
+            ops = try RootFS.plan(profile: profile, workspace: workspace)
+            trace.mark("plan")
+            out = try Pipe()
+            err = try Pipe()
+            status = try Pipe()
+            _ = cjail_set_pipe_size(out.read, 1 << 20)
+            _ = cjail_set_pipe_size(err.read, 1 << 20)
+            var stdinFD = request.stdinFD ?? -1
+            if stdinFD < 0 {
+                devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+                stdinFD = devNull
+            }
+            var env = profile.env
+            for (k, v) in request.env { env[k] = v }
+
+            var plan = cjail_config()
+            let joinFDs = cgroup!.joinFDs
+            plan.cgroup_fd_count = Int32(joinFDs.count)
+            withUnsafeMutableBytes(of: &plan.cgroup_fds) { raw in
+                for (i, fd) in joinFDs.prefix(4).enumerated() { raw.bindMemory(to: Int32.self)[i] = fd }
+            }
+            plan.unshare_cgroup_ns = cgroupVersion == .v1 ? 1 : 0
+            plan.stdio_fds = (stdinFD, out.write, err.write)
+            plan.status_fd = status.write
+            plan.init_fd = initFD
+            plan.staging_dir = memory.string("/tmp")
+            plan.root_tmpfs_options = memory.string("mode=0755,size=4m,nr_inodes=4096")
+            plan.ops = memory.setOps(ops)
+            plan.op_count = Int32(ops.count)
+            plan.hostname = memory.string(profile.hostname)
+            plan.bring_up_loopback = profile.network == .none ? 1 : 0
+            plan.cwd = memory.string(request.cwd)
+            plan.last_cap = Int32(lastCapability())
+            plan.filters = memory.setFilters(filters)
+            plan.filter_count = Int32(filters.count)
+            plan.command_argv = memory.stringArray(request.argv)
+            plan.envp = memory.stringArray(env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })
+            plan.path_list = memory.string(env["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
+            plan.shell_argv = UnsafeMutablePointer(mutating: memory.stringArray(["/bin/sh", "/"] + request.argv.dropFirst()))
+            cjail_publish(cfg, &plan)
+            trace.mark("publish")
+        } catch {
+            cjail_publish(cfg, nil)
+            _ = cjail_reap_helper(cfg)
+            reap(cfg.pointee.jail_pid)
+            throw error
+        }
+        guard cjail_reap_helper(cfg) == 0 else {
+            reap(cfg.pointee.jail_pid)
+            return setupFailure(cfg, ops: ops, start: start)
+        }
+        // The jail shared our fd table until now; close our write ends only once it has its own.
+        _ = cjail_wait_jail_files(cfg)
         out.closeWrite()
         err.closeWrite()
         status.closeWrite()
 
-        func setupFailure() -> ExecResult {
-            let c = cfgPointer.pointee
-            let step = stepName(c.failed_step, op: c.failed_op, ops: ops)
-            return ExecResult(
-                exitCode: 125, signal: nil, reason: .setupFailed, stdout: [], stderr: [], stdoutTruncatedBytes: 0,
-                stderrTruncatedBytes: 0, durationMs: Double(monotonicNanos() - start) / 1e6, peakMemoryBytes: nil, cpuMs: 0,
-                setupError: SandboxError.setup(step: step, errno: Errno(rawValue: c.failed_errno)).description)
-        }
-        if rc != 0 {
-            let pid = cfgPointer.pointee.jail_pid
-            if pid > 0 { var s: Int32 = 0; while waitpid(pid, &s, __WALL) < 0 && errno == EINTR {} }
-            return setupFailure()
-        }
-
-        // The jail is setting itself up while we start supervising it.
         var supervisor = Supervisor(
-            jailPID: cfgPointer.pointee.jail_pid, stdoutFD: out.read, stderrFD: err.read, statusFD: status.read,
-            limits: profile.limits, stdoutSink: stdoutSink, stderrSink: stderrSink, cgroup: cgroup, start: start)
+            jailPID: cfg.pointee.jail_pid, stdoutFD: out.read, stderrFD: err.read, statusFD: status.read,
+            limits: profile.limits, stdoutSink: stdoutSink, stderrSink: stderrSink, cgroup: cgroup!, start: start)
         let outcome = try supervisor.run()
         trace.mark("supervise")
-        withUnsafeBytes(of: cfgPointer.pointee.marks) { raw in
+        withExtendedLifetime((out, err, status)) {}
+        withUnsafeBytes(of: cfg.pointee.marks) { raw in
             let names = ["helper", "clone", "id maps", "jail", "pivot", "mounts", "lockdown", "exec"]
             for (i, t) in raw.bindMemory(to: UInt64.self).prefix(names.count).enumerated() where t > 0 {
                 trace.mark("  " + names[i], at: t)
             }
         }
-        cgroup.destroy()
+        cgroup?.destroy()
         trace.mark("cgroup destroy")
         trace.report()
         // pid 1 died before reporting a status: its setup failed, and it said where.
-        if !outcome.commandReported && cfgPointer.pointee.failed_step != 0 { return setupFailure() }
+        if !outcome.commandReported && cfg.pointee.failed_step != 0 { return setupFailure(cfg, ops: ops, start: start) }
         return outcome.result
+    }
+
+    static func reap(_ pid: pid_t) {
+        guard pid > 0 else { return }
+        var s: Int32 = 0
+        while waitpid(pid, &s, __WALL) < 0 && errno == EINTR {}
+    }
+
+    static func setupFailure(_ cfg: UnsafeMutablePointer<cjail_config>, ops: [MountOp], start: UInt64) -> ExecResult {
+        let c = cfg.pointee
+        let step = stepName(c.failed_step, op: c.failed_op, ops: ops)
+        return ExecResult(
+            exitCode: 125, signal: nil, reason: .setupFailed, stdout: [], stderr: [], stdoutTruncatedBytes: 0,
+            stderrTruncatedBytes: 0, durationMs: Double(monotonicNanos() - start) / 1e6, peakMemoryBytes: nil, cpuMs: 0,
+            setupError: SandboxError.setup(step: step, errno: Errno(rawValue: c.failed_errno)).description)
     }
 
     static func stepName(_ step: Int32, op: Int32, ops: [MountOp]) -> String {
@@ -327,10 +302,38 @@ final class Pipe {
     deinit { closeWrite(); closeRead() }
 }
 
-/// C strings and buffers that live as long as the arena.
-final class CArena {
+/// Everything the launch children read from our memory: the config, the stacks they run on,
+/// the mount ops, filters, rlimits and strings. Freed explicitly (never by ARC, which could
+/// release it after its last Swift use while the children still read it) once the jail is reaped.
+final class LaunchMemory {
+    let config: UnsafeMutablePointer<cjail_config>
+    let stackSize = 128 << 10
+    private let stacks: UnsafeMutableRawPointer
     private var blocks: [UnsafeMutableRawPointer] = []
-    deinit { for b in blocks { free(b) } }
+
+    init() throws(SandboxError) {
+        let s = mmap(nil, 3 * stackSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0)
+        guard let s, s != MAP_FAILED else { throw .system(call: "mmap", errno: Errno(rawValue: errno)) }
+        stacks = s
+        config = .allocate(capacity: 1)
+        config.initialize(to: cjail_config())
+        config.pointee.stack_memory = stacks
+        config.pointee.stack_size = stackSize
+        config.pointee.cgroup_dir_fd = -1
+    }
+
+    func free() {
+        for b in blocks { Glibc.free(b) }
+        blocks = []
+        config.deallocate()
+        munmap(stacks, 3 * stackSize)
+    }
+
+    private func allocate(_ bytes: Int) -> UnsafeMutableRawPointer {
+        let p = malloc(max(bytes, 1))!
+        blocks.append(p)
+        return p
+    }
 
     func string(_ s: String) -> UnsafePointer<CChar> {
         let p = strdup(s)!
@@ -338,24 +341,60 @@ final class CArena {
         return UnsafePointer(p)
     }
 
-    func bytes(_ b: [UInt8]) -> UnsafeRawPointer {
-        let p = malloc(max(b.count, 1))!
-        b.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: b.count) }
-        blocks.append(p)
-        return UnsafeRawPointer(p)
+    func stringArray(_ items: [String]) -> UnsafePointer<UnsafeMutablePointer<CChar>?> {
+        let arr = allocate((items.count + 1) * MemoryLayout<UnsafeMutablePointer<CChar>?>.stride)
+            .bindMemory(to: UnsafeMutablePointer<CChar>?.self, capacity: items.count + 1)
+        for (i, s) in items.enumerated() { arr[i] = UnsafeMutablePointer(mutating: string(s)) }
+        arr[items.count] = nil
+        return UnsafePointer(arr)
     }
 
-    func stringArray(_ items: [String]) -> UnsafePointer<UnsafeMutablePointer<CChar>?> {
-        let raw = malloc((items.count + 1) * MemoryLayout<UnsafeMutablePointer<CChar>?>.stride)!
-        let arr = raw.bindMemory(to: UnsafeMutablePointer<CChar>?.self, capacity: items.count + 1)
-        for (i, s) in items.enumerated() {
-            let p = strdup(s)!
-            blocks.append(UnsafeMutableRawPointer(p))
-            arr[i] = p
-        }
-        arr[items.count] = nil
-        blocks.append(UnsafeMutableRawPointer(arr))
-        return UnsafePointer(arr)
+    func copy<T>(_ items: [T]) -> UnsafePointer<T> {
+        let p = allocate(items.count * MemoryLayout<T>.stride).bindMemory(to: T.self, capacity: max(items.count, 1))
+        for (i, item) in items.enumerated() { (p + i).initialize(to: item) }
+        return UnsafePointer(p)
+    }
+
+    func setRlimits(_ limits: [cjail_rlimit]) {
+        config.pointee.rlimits = copy(limits)
+        config.pointee.rlimit_count = Int32(limits.count)
+    }
+
+    func setFilters(_ programs: [SeccompProgram]) -> UnsafePointer<cjail_filter> {
+        copy(programs.map { p in
+            let insns = allocate(p.bytes.count)
+            p.bytes.withUnsafeBytes { insns.copyMemory(from: $0.baseAddress!, byteCount: p.bytes.count) }
+            return cjail_filter(insns: UnsafeRawPointer(insns), count: UInt16(p.instructionCount))
+        })
+    }
+
+    func setOps(_ ops: [MountOp]) -> UnsafePointer<cjail_op> {
+        copy(ops.map { op -> cjail_op in
+            var c = cjail_op()
+            switch op {
+            case let .mkdir(p, mode):
+                c.kind = Int32(CJAIL_OP_MKDIR.rawValue); c.target = string(p); c.mode = mode
+            case let .symlink(p, to):
+                c.kind = Int32(CJAIL_OP_SYMLINK.rawValue); c.target = string(p); c.data = string(to)
+            case let .writeFile(p, contents, mode):
+                let data = allocate(contents.count)
+                contents.withUnsafeBytes { if $0.count > 0 { data.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
+                c.kind = Int32(CJAIL_OP_WRITE_FILE.rawValue); c.target = string(p)
+                c.data = UnsafePointer(data.assumingMemoryBound(to: CChar.self)); c.data_len = contents.count; c.mode = mode
+            case let .tmpfs(p, options, flags):
+                c.kind = Int32(CJAIL_OP_TMPFS.rawValue); c.target = string(p); c.data = string(options); c.flags = flags
+            case let .bind(source, target, isFile, attributes):
+                c.kind = Int32(CJAIL_OP_BIND.rawValue); c.source = string("/oldroot" + source); c.target = string(target)
+                c.is_file = isFile ? 1 : 0; c.attr = attributes
+            case let .setAttributes(p, attributes, recursive):
+                c.kind = Int32(CJAIL_OP_SET_ATTR.rawValue); c.target = string(p); c.attr = attributes; c.flags = recursive ? 1 : 0
+            case let .proc(p):
+                c.kind = Int32(CJAIL_OP_PROC.rawValue); c.target = string(p)
+            case let .devpts(p):
+                c.kind = Int32(CJAIL_OP_DEVPTS.rawValue); c.target = string(p)
+            }
+            return c
+        })
     }
 }
 

@@ -104,9 +104,10 @@ struct cjail_config {
     // identity: inside ids map onto unprivileged host ids
     uint32_t inside_uid, inside_gid, host_uid, host_gid;
 
-    // cgroup v1: `tasks` files the helper writes "0" into before cloning the jail
+    // cgroup v1: `tasks` files the jail writes "0" into first thing, then unshares its cgroup namespace
     int cgroup_fds[4];
     int cgroup_fd_count;
+    int unshare_cgroup_ns;
     // cgroup v2: the cgroup directory the jail is created in (clone3 CLONE_INTO_CGROUP), or -1
     int cgroup_dir_fd;
 
@@ -158,6 +159,8 @@ struct cjail_config {
 
     // private to cjail_spawn
     volatile int maps_state;
+    volatile int plan_state;
+    volatile int files_state;
     int init_fd_in_jail;
     pid_t command_pid;
     char *init_argv[3];
@@ -165,13 +168,28 @@ struct cjail_config {
     char path_buf[4096];
 };
 
-/// Launches the jail. Returns 0 once the jail process exists with its id
-/// maps (cfg->jail_pid, a child of the caller to reap); it then sets itself up
-/// concurrently, starts the command as pid 2 and becomes sbx-init. If its
-/// setup fails it exits 125 with cfg->failed_step/failed_errno set, so the
-/// caller must keep cfg, its arrays and the stacks alive until it has reaped
-/// the jail. Returns -1 with failed_step set when the jail could not be created.
+/// Launches the jail in three calls, so that the caller's planning overlaps
+/// with the kernel creating namespaces:
+///
+/// 1. cjail_spawn: with the launch fields set (clone_flags, ids, rlimits,
+///    cgroup_dir_fd, stacks), starts the helper and returns at once (-1 with
+///    failed_step set if even that failed).
+/// 2. cjail_publish: copies the setup fields (everything else) from `plan`
+///    and lets the jail proceed; with plan == NULL the jail exits instead.
+/// 3. cjail_reap_helper: waits for the helper; -1 (failed_step set) when it
+///    could not create the jail. Otherwise cfg->jail_pid is a child of the
+///    caller to supervise and reap: the jail sets itself up, starts the command
+///    as pid 2 and becomes sbx-init; if its setup fails it exits 125 with
+///    failed_step/failed_op/failed_errno set.
+///
+/// The children share the caller's memory: cfg, everything it points to and
+/// the stacks must stay alive until the jail has been reaped.
 int cjail_spawn(struct cjail_config *cfg);
+void cjail_publish(struct cjail_config *cfg, const struct cjail_config *plan);
+int cjail_reap_helper(struct cjail_config *cfg);
+/// After cjail_reap_helper succeeded: waits until the jail has its own copy of the fd table
+/// (1), or has died without one (-1). Only then may the caller close the fds it handed over.
+int cjail_wait_jail_files(struct cjail_config *cfg);
 
 // Helpers Swift cannot reach directly (macros, missing GNU declarations).
 int cjail_pidfd_open(pid_t pid);
