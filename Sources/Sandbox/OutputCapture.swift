@@ -20,6 +20,8 @@ public struct OutputCapture {
     private var ringStart = 0
     private var sinkFD: Int32?
     private var headWritten = 0
+    /// The sink's reader has gone (as for `sbx run … | head`): like a shell pipeline, the command should stop.
+    public private(set) var sinkClosed = false
 
     public init(cap: UInt64, sinkFD: Int32? = nil) {
         self.cap = cap
@@ -39,7 +41,7 @@ public struct OutputCapture {
         guard bytes.count > 0 else { return }
         total += UInt64(bytes.count)
         if cap == 0 {
-            if let sinkFD { writeAll(sinkFD, bytes) } else { head.append(contentsOf: bytes) }
+            if let sinkFD { if !writeAll(sinkFD, bytes) { sinkClosed = true } } else { head.append(contentsOf: bytes) }
             return
         }
         var rest = bytes[...]
@@ -50,7 +52,7 @@ public struct OutputCapture {
             if let sinkFD {
                 let boundary = utf8PrefixEnd(head)
                 if boundary > headWritten {
-                    head[headWritten..<boundary].withUnsafeBytes { writeAll(sinkFD, $0) }
+                    if !head[headWritten..<boundary].withUnsafeBytes({ writeAll(sinkFD, $0) }) { sinkClosed = true }
                     headWritten = boundary
                 }
             }
@@ -141,7 +143,9 @@ func utf8PrefixEnd(_ bytes: [UInt8]) -> Int {
     return bytes.count
 }
 
-func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
+/// Writes everything; false when the reader has gone (EPIPE) or the fd failed.
+@discardableResult
+func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
     var off = 0
     while off < bytes.count {
         let n = write(fd, bytes.baseAddress! + off, bytes.count - off)
@@ -152,8 +156,9 @@ func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
                 _ = poll(&p, 1, 100)
                 continue
             }
-            return  // reader gone (EPIPE): drop, the command keeps running
+            return false
         }
         off += n
     }
+    return true
 }

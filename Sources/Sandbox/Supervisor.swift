@@ -100,6 +100,9 @@ struct Supervisor {
                     if killedFor == nil, stdoutCapture.total + stderrCapture.total > limits.outputKillBytes {
                         killedFor = .outputLimit
                         killJail()
+                    } else if killedFor == nil, stdoutCapture.sinkClosed || stderrCapture.sinkClosed {
+                        killedFor = .interrupted(SIGPIPE)  // what the command would have got in a pipeline
+                        killJail()
                     }
                 } else if got == 0 || (errno != EINTR && errno != EAGAIN) {
                     if isOut { outOpen = false } else { errOpen = false }

@@ -29,6 +29,8 @@ func printOut(_ text: String) {
 }
 
 // `sbx run` reports its own failures with 125 (DESIGN §7); other commands use 2 for usage.
+// A closed stdout must be an EPIPE we can act on (stop the jail), not our death.
+signal(SIGPIPE, SIG_IGN)
 let arguments = Array(CommandLine.arguments.dropFirst())
 if let options = RunOptions.fastParse(arguments) {
     exit(options.execute())
