@@ -384,6 +384,10 @@ static int jail_main(void *arg) {
     CHECK(CJAIL_STEP_SET_IDS, rs3(SYS_setresgid, 0, 0, 0));
     CHECK(CJAIL_STEP_SET_IDS, rs2(SYS_setgroups, 0, 0));
     CHECK(CJAIL_STEP_SET_IDS, rs3(SYS_setresuid, 0, 0, 0));
+    // We share sbx's (host root's) memory until we exec sbx-init, and the command runs as our
+    // uid meanwhile: never dumpable, whatever fs.suid_dumpable says, so /proc/1/mem, environ
+    // and ptrace stay closed to it.
+    CHECK(CJAIL_STEP_SET_IDS, rs5(SYS_prctl, PR_SET_DUMPABLE, 0, 0, 0, 0));
 
     if (cfg->clone_flags & CLONE_NEWNS) {
         CHECK(CJAIL_STEP_MOUNT_PRIVATE, RS(SYS_mount, 0, "/", 0, MS_REC | MS_PRIVATE, 0, 0));
@@ -468,12 +472,16 @@ static char *put_b(char *dst, char *end, const char *s) {
     return dst;
 }
 
+/// ENOENT from execve of a file that exists: its #! interpreter or ELF loader is missing.
+#define ERR_BAD_INTERPRETER (-100000)
+
 __attribute__((noreturn)) static void command_failed(const char *name, long err) {
     char line[512];
     char *end = line + sizeof line - 2, *p = line;
     p = put_b(p, end, "sbx: ");
     p = put_b(p, end, name);
-    if (err == -ENOENT || err == -ENOTDIR) p = put_b(p, end, ": command not found");
+    if (err == ERR_BAD_INTERPRETER) p = put_b(p, end, ": bad interpreter (the #! program or ELF loader is missing)");
+    else if (err == -ENOENT || err == -ENOTDIR) p = put_b(p, end, ": command not found");
     else if (err == -EACCES) p = put_b(p, end, ": permission denied");
     else if (err == -ENOEXEC) p = put_b(p, end, ": exec format error");
     else {
@@ -483,7 +491,7 @@ __attribute__((noreturn)) static void command_failed(const char *name, long err)
     }
     *p++ = '\n';
     rs3(SYS_write, 2, line, p - line);
-    for (;;) rs1(SYS_exit_group, (err == -ENOENT || err == -ENOTDIR) ? 127 : 126);
+    for (;;) rs1(SYS_exit_group, (err == -ENOENT || err == -ENOTDIR) ? 127 : 126);  // as a shell does
 }
 
 /// execve, falling back to /bin/sh for a script without #! (as execvp does).
@@ -492,6 +500,10 @@ static long exec_one(struct cjail_config *cfg, const char *path) {
     if (r == -ENOEXEC && cfg->shell_argv) {
         cfg->shell_argv[1] = (char *)path;
         rs3(SYS_execve, "/bin/sh", cfg->shell_argv, cfg->envp);
+    }
+    if (r == -ENOENT) {
+        char st[256];  // struct stat: we only ask whether the file itself exists
+        if (rs4(SYS_newfstatat, AT_FDCWD, path, st, 0) == 0) return ERR_BAD_INTERPRETER;
     }
     return r;
 }
@@ -524,6 +536,7 @@ static int command_main(void *arg) {
             *p = 0;
             long r = exec_one(cfg, cfg->path_buf);
             if (r == -EACCES) denied = 1;
+            else if (r == ERR_BAD_INTERPRETER) { result = r; break; }
             else if (r != -ENOENT && r != -ENOTDIR && r != -ESTALE && r != -ENODEV && r != -ETIMEDOUT) { result = r; break; }
         }
         if (!*end) break;

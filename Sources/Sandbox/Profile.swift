@@ -231,8 +231,8 @@ public enum ProfileLoader {
         }
 
         let etc = try stringList("etc", in: json, field: "etc")
-        for entry in etc where entry.isEmpty || entry.hasPrefix("/") || entry.split(separator: "/").contains("..") {
-            throw bad("etc", "names relative to /etc without '..'", .string(entry))
+        for entry in etc {
+            if let problem = etcEntryProblem(entry) { throw bad("etc", problem, .string(entry)) }
         }
 
         var mounts: [Profile.Mount] = []
@@ -283,6 +283,27 @@ public enum ProfileLoader {
 }
 
 // MARK: - Small helpers
+
+/// Host /etc entries no profile may expose: credentials, sudo rules, host keys, secrets.
+let sensitiveEtcNames: Set<String> = [
+    "shadow", "shadow-", "gshadow", "gshadow-", "passwd-", "group-", ".pwd.lock", "sudoers", "sudoers.d",
+    "security", "krb5.keytab", "ipsec.secrets", "wpa_supplicant", "NetworkManager", "letsencrypt", "ppp", "ssh",
+]
+
+/// Why an `etc` allow-list entry is refused, or nil. Entries are plain relative paths
+/// ("ssl", "ssh/ssh_config"): no "/", ".", ".." or empty parts (so "./shadow" cannot
+/// smuggle what "shadow" may not), and nothing sensitive but ssh's client configuration.
+func etcEntryProblem(_ entry: String) -> String? {
+    let parts = entry.split(separator: "/", omittingEmptySubsequences: false)
+    if entry.isEmpty || parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) {
+        return "names relative to /etc without '/', '.', '..' or empty parts"
+    }
+    if parts[0] == "ssh" {
+        return parts.count == 2 && (parts[1] == "ssh_config" || parts[1] == "ssh_config.d") ? nil : "no ssh entry but ssh/ssh_config(.d): host keys stay on the host"
+    }
+    if parts[0] == "ssl" && parts.count > 1 && parts[1] == "private" { return "not ssl/private: private keys stay on the host" }
+    return sensitiveEtcNames.contains(String(parts[0])) ? "no credential or secret files (\(parts[0]) stays on the host)" : nil
+}
 
 /// Parses "4096", "512K", "64M", "2G", "1GiB", "1.5G" (binary units).
 public func parseSize(_ text: String) -> UInt64? {

@@ -106,6 +106,13 @@ public enum RootFS {
         return files
     }
 
+    /// Where an allow-listed /etc symlink may lead: system and runtime configuration, never
+    /// a home, /root, or a sensitive /etc file.
+    static func exposableEtcTarget(_ real: String) -> Bool {
+        if real.hasPrefix("/etc/") { return etcEntryProblem(String(real.dropFirst(5))) == nil }
+        return ["/usr/", "/run/", "/var/run/", "/var/lib/"].contains { real.hasPrefix($0) }
+    }
+
     /// The profile's allow-listed host /etc entries, classified.
     enum EtcSource {
         case symlink(String)
@@ -126,8 +133,8 @@ public enum RootFS {
                     out.append((entry, .symlink(target)))
                     continue
                 }
-                // e.g. resolv.conf -> /run/...: expose what it points to.
-                guard let real = realPath(host) else { continue }
+                // e.g. resolv.conf -> /run/...: expose what it points to, if that is not a secret.
+                guard let real = realPath(host), exposableEtcTarget(real) else { continue }
                 source = real
                 kind = fileKind(real)
             }

@@ -15,10 +15,20 @@ struct SBX: ParsableCommand {
     )
 }
 
-/// Prints one line to stderr.
+/// Prints exactly one line to stderr: control characters from user input are escaped,
+/// so a value with a newline cannot forge a second "sbx:" line.
 func complain(_ message: String) {
-    var line = "sbx: " + message
-    if !line.hasSuffix("\n") { line += "\n" }
+    var line = "sbx: "
+    for scalar in message.unicodeScalars {
+        switch scalar {
+        case "\n": line += "\\n"
+        case "\r": line += "\\r"
+        case "\t": line += "\\t"
+        case let c where c.value < 0x20 || c.value == 0x7f: line += "\\x" + String(c.value, radix: 16)
+        default: line.unicodeScalars.append(scalar)
+        }
+    }
+    line += "\n"
     _ = line.withCString { write(2, $0, strlen($0)) }
 }
 
@@ -31,6 +41,12 @@ func printOut(_ text: String) {
 // `sbx run` reports its own failures with 125 (DESIGN §7); other commands use 2 for usage.
 // A closed stdout must be an EPIPE we can act on (stop the jail), not our death.
 signal(SIGPIPE, SIG_IGN)
+// With 0, 1 or 2 closed, the next file we open would take its number and be handed to the
+// jail as its stdio (a host file outside the jail): put /dev/null there first.
+for fd: Int32 in 0...2 where fcntl(fd, F_GETFD) < 0 && errno == EBADF {
+    let null = open("/dev/null", O_RDWR)
+    if null >= 0 && null != fd { dup2(null, fd); close(null) }
+}
 let arguments = Array(CommandLine.arguments.dropFirst())
 if let options = RunOptions.fastParse(arguments) {
     exit(options.execute())
