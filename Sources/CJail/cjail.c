@@ -641,10 +641,22 @@ static void termination_set(sigset_t *set) {
     sigaddset(set, SIGQUIT);
 }
 
-int cjail_block_termination_signals(void) {
-    sigset_t set;
+uint64_t cjail_block_termination_signals(void) {
+    sigset_t set, old;
     termination_set(&set);
-    return pthread_sigmask(SIG_BLOCK, &set, 0);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    uint64_t bits = 0;
+    for (int sig = 1; sig < 64; sig++) if (sigismember(&old, sig) == 1) bits |= 1ull << (sig - 1);
+    return bits;
+}
+
+void cjail_restore_termination_signals(uint64_t previously_blocked) {
+    sigset_t set;
+    sigemptyset(&set);
+    int signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+    for (int i = 0; i < 4; i++)
+        if (!(previously_blocked & (1ull << (signals[i] - 1)))) sigaddset(&set, signals[i]);
+    pthread_sigmask(SIG_UNBLOCK, &set, 0);
 }
 
 int cjail_signalfd_for_termination(void) {

@@ -26,7 +26,8 @@ public final class Cgroup {
     private var removed = false
 
     public static let defaultRoot = "/sys/fs/cgroup"
-    nonisolated(unsafe) static var counter = 0
+    nonisolated(unsafe) private static var counter = 0
+    private static let counterLock = Mutex()
 
     public static func detectVersion(root: String = defaultRoot) -> Version? {
         if cjail_is_cgroup2(root) != 0 { return .v2 }
@@ -41,8 +42,8 @@ public final class Cgroup {
             throw .cgroup(operation: "detect", path: root, errno: .noSuchFileOrDirectory)
         }
         self.version = version
-        Cgroup.counter += 1
-        let name = "run-\(getpid())-\(Cgroup.counter)"
+        let n = Cgroup.counterLock.withLock { Cgroup.counter += 1; return Cgroup.counter }
+        let name = "run-\(getpid())-\(n)"
         switch version {
         case .v2:
             let parent = root + "/sbx"

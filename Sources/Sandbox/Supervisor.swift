@@ -53,9 +53,12 @@ struct Supervisor {
             throw .system(call: "pidfd_open", errno: e)
         }
         defer { close(pidfd) }
-        _ = cjail_block_termination_signals()
+        let previouslyBlocked = cjail_block_termination_signals()
         let sigfd = cjail_signalfd_for_termination()
-        defer { if sigfd >= 0 { close(sigfd) } }
+        defer {
+            if sigfd >= 0 { close(sigfd) }
+            cjail_restore_termination_signals(previouslyBlocked)
+        }
 
         let deadline = start + UInt64(limits.timeoutSeconds * 1e9)
         var killedFor: Kill? = nil

@@ -205,7 +205,10 @@ int cjail_pipe_cloexec(int fds[2]);
 /// 1 when path is the root of a cgroup2 filesystem.
 int cjail_is_cgroup2(const char *path);
 int cjail_signalfd_for_termination(void);
-int cjail_block_termination_signals(void);
+/// Blocks SIGINT/TERM/HUP/QUIT in the calling thread (they go to a signalfd while a jail runs);
+/// returns the previous mask's bits (bit n-1 = signal n) for cjail_restore_termination_signals.
+uint64_t cjail_block_termination_signals(void);
+void cjail_restore_termination_signals(uint64_t previously_blocked);
 int cjail_sigset_termination_read(int fd);
 
 extern const uint64_t CJAIL_MOUNT_ATTR_RDONLY;
