@@ -139,11 +139,12 @@ public enum ProfileLoader {
 
     // MARK: Decoding
 
-    static let topLevelKeys: Set<String> = [
+    // Arrays, not sets: a Set<String> costs its metadata and a hash seed at every start-up.
+    static let topLevelKeys: [String] = [
         "name", "description", "network", "workspace", "limits", "env", "hostname", "etc", "mounts",
         "host_user", "seccomp", "extends",
     ]
-    static let limitKeys: Set<String> = [
+    static let limitKeys: [String] = [
         "timeout_seconds", "memory_bytes", "pids", "nofile", "file_size_bytes", "cpu_seconds", "tmp_bytes",
         "max_output_bytes", "output_kill_bytes",
     ]
@@ -285,7 +286,7 @@ public enum ProfileLoader {
 // MARK: - Small helpers
 
 /// Host /etc entries no profile may expose: credentials, sudo rules, host keys, secrets.
-let sensitiveEtcNames: Set<String> = [
+let sensitiveEtcNames: [String] = [
     "shadow", "shadow-", "gshadow", "gshadow-", "passwd-", "group-", ".pwd.lock", "sudoers", "sudoers.d",
     "security", "krb5.keytab", "ipsec.secrets", "wpa_supplicant", "NetworkManager", "letsencrypt", "ppp", "ssh",
 ]

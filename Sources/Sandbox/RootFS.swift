@@ -50,12 +50,12 @@ public enum RootFS {
 
     public static func plan(profile: Profile, workspace: String?) throws(SandboxError) -> [MountOp] {
         var ops: [MountOp] = []
-        var made: Set<String> = ["/"]
+        var made: [String] = ["/"]
         func ensureParents(_ path: String) {
             var prefix = ""
             for part in path.split(separator: "/").dropLast() {
                 prefix += "/" + part
-                if made.insert(prefix).inserted { ops.append(.mkdir(prefix, mode: 0o755)) }
+                if made.insertNew(prefix) { ops.append(.mkdir(prefix, mode: 0o755)) }
             }
         }
 
@@ -66,7 +66,7 @@ public enum RootFS {
             case .directory: ops.append(.bind(source: host, target: host, isFile: false, attributes: MountOp.readOnly))
             default: break
             }
-            made.insert(host)
+            _ = made.insertNew(host)
         }
 
         planEtc(profile: profile, ops: &ops, made: &made)
@@ -121,7 +121,7 @@ public enum RootFS {
     }
 
     static func etcSources(_ profile: Profile) -> [(String, EtcSource)] {
-        let generated: Set<String> = ["passwd", "group", "hostname", "shadow", "gshadow"]
+        let generated = ["passwd", "group", "hostname", "shadow", "gshadow"]
         var out: [(String, EtcSource)] = []
         for entry in profile.etc where !generated.contains(entry) {
             if profile.network == .none && (entry == "hosts" || entry == "resolv.conf") { continue }
@@ -150,7 +150,7 @@ public enum RootFS {
     }
 
     /// /etc as one bind of a cached directory, plus binds of allow-listed directories into it.
-    static func planEtc(profile: Profile, ops: inout [MountOp], made: inout Set<String>) {
+    static func planEtc(profile: Profile, ops: inout [MountOp], made: inout [String]) {
         let generated = generatedEtc(profile)
         let sources = etcSources(profile)
         var entries: [HostCache.EtcEntry] = generated.map { .init(name: $0.0, content: .bytes($0.1)) }
@@ -184,19 +184,19 @@ public enum RootFS {
         ops += fileBinds
         for (source, target) in dirBinds { ops.append(.bind(source: source, target: target, isFile: false, attributes: 0)) }
         ops.append(.setAttributes("/etc", attributes: MountOp.readOnly, recursive: true))
-        made.insert("/etc")
+        _ = made.insertNew("/etc")
     }
 
     /// Fallback when the cache cannot be written: a tmpfs /etc assembled at every launch.
     static func assembleEtc(profile: Profile, generated: [(String, [UInt8])], sources: [(String, EtcSource)],
-                            ops: inout [MountOp], made: inout Set<String>) {
+                            ops: inout [MountOp], made: inout [String]) {
         ops.append(.tmpfs("/etc", options: "mode=0755,size=8m,nr_inodes=4096", flags: CJAIL_MS_NOSUID | CJAIL_MS_NODEV))
-        made.insert("/etc")
+        _ = made.insertNew("/etc")
         func ensureParents(_ path: String) {
             var prefix = ""
             for part in path.split(separator: "/").dropLast() {
                 prefix += "/" + part
-                if made.insert(prefix).inserted { ops.append(.mkdir(prefix, mode: 0o755)) }
+                if made.insertNew(prefix) { ops.append(.mkdir(prefix, mode: 0o755)) }
             }
         }
         for (name, bytes) in generated { ops.append(.writeFile("/etc/" + name, contents: bytes, mode: 0o644)) }
@@ -263,5 +263,14 @@ public enum RootFS {
         guard let p = realpath(path, nil) else { return nil }
         defer { free(p) }
         return String(cString: p)
+    }
+}
+
+extension Array where Element == String {
+    /// Set-like insert for the handful of paths a plan tracks (cheaper at start-up than a Set).
+    mutating func insertNew(_ s: String) -> Bool {
+        if contains(s) { return false }
+        append(s)
+        return true
     }
 }

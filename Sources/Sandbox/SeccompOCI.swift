@@ -67,7 +67,7 @@ extension Seccomp {
         return try ctx.export()
     }
 
-    static var nativeArchNames: Set<String> {
+    static var nativeArchNames: [String] {
         #if arch(x86_64)
         return ["SCMP_ARCH_X86_64", "amd64", "x86_64"]
         #elseif arch(arm64)
