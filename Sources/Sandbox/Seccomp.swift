@@ -113,7 +113,21 @@ public enum Seccomp {
         }
         let tmp = path + ".tmp.\(getpid())"
         let ok = FileIO.create(tmp, bytes, mode: 0o600)
-        if !ok || rename(tmp, path) != 0 { unlink(tmp) }
+        if !ok || rename(tmp, path) != 0 { unlink(tmp); return }
+        trimCache(keeping: path)
+    }
+
+    /// A cache, not a store: past 64 programs (profiles come and go, tests make many), start over.
+    static func trimCache(keeping path: String) {
+        guard let d = opendir(cacheDirectory) else { return }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if name.hasSuffix(".bpf") { names.append(name) }
+        }
+        closedir(d)
+        guard names.count > 64 else { return }
+        for name in names where cacheDirectory + "/" + name != path { unlink(cacheDirectory + "/" + name) }
     }
 
     /// Creates the directory chain 0700 and checks each level is ours and not writable by others.

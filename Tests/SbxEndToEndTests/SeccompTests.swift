@@ -415,4 +415,32 @@ final class SeccompTests: SbxTestCase {
         XCTAssertEqual(j.signal, 31)
         XCTAssertFalse(j.stdout.contains("survived"))
     }
+
+    func testImportedOCIProfileIsEnforcedOnTopOfTheBuiltInFilter() throws {
+        // A Docker/OCI profile that allows everything but mkdir (EACCES): stacked, it must bite,
+        // while the built-in deny list still holds (mount stays EPERM).
+        let dir = try makeTempDir(owner: nil)
+        _ = try writeFile(dir + "/oci.json", """
+            {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"],
+             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}
+            """, owner: nil)
+        let profile = try makeProfile(extra: ["seccomp": ["import": dir + "/oci.json"]])
+        let probe = "mkdir /tmp/d 2>&1; echo mkdir=$?; mount -t tmpfs x /tmp 2>&1; echo mount=$?"
+        let plain = try sbxRun([], ["sh", "-c", probe])
+        XCTAssertTrue(plain.out.contains("mkdir=0"), "control: mkdir works under the default profile: \(plain.out)")
+        let r = try sbxRun(["--profile", profile], ["sh", "-c", probe])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("Permission denied") && r.out.contains("mkdir=1"), "imported rule not applied: \(r.out)")
+        XCTAssertFalse(r.out.contains("mount=0"), "built-in filter must still deny mount: \(r.out)")
+    }
+
+    func testMalformedOCIProfileIsRefusedNamingTheField() throws {
+        let dir = try makeTempDir(owner: nil)
+        _ = try writeFile(dir + "/oci.json", #"{"defaultAction": "SCMP_ACT_NOTIFY"}"#, owner: nil)
+        let profile = try makeProfile(extra: ["seccomp": ["import": dir + "/oci.json"]])
+        let r = try sbxRun(["--profile", profile], ["true"])
+        XCTAssertEqual(r.status, 125)
+        XCTAssertTrue(r.err.contains("defaultAction"), r.err)
+        XCTAssertEqual(r.err.split(separator: "\n").count, 1, r.err)
+    }
 }
