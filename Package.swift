@@ -35,6 +35,8 @@ let package = Package(
         ),
 
         .target(name: "SBXJSON"),
+        // Copy-on-write branches (issue 3): so far the branch registry and its rules.
+        .target(name: "BranchFS", dependencies: ["SBXJSON"]),
         .target(
             name: "Sandbox",
             dependencies: [
@@ -55,6 +57,7 @@ let package = Package(
         ),
 
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SBXJSON"]),
+        .testTarget(name: "BranchFSTests", dependencies: ["BranchFS"]),
         .testTarget(name: "SbxEndToEndTests", dependencies: ["sbx", "sbx-init", "SBXJSON"]),
     ]
 )
