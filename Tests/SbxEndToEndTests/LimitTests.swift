@@ -151,6 +151,38 @@ final class LimitTests: SbxTestCase {
         XCTAssertEqual(Harness.cgroupDirs(ofSbxPID: p.pid), [])
     }
 
+    func testBuildProfileRaisesTheLimitsForCompilers() throws {
+        guard Harness.cgroupVersion() == "v1" else { throw XCTSkip("this check reads cgroup v1 files; host is \(Harness.cgroupVersion() ?? "without cgroups")") }
+        let ws = try makeWorkspace()
+        let p = try sbxStart(["--profile", "build", "--workspace", ws], ["sh", "-c", "ulimit -n > /workspace/nofile; touch /workspace/ready; exec sleep 60"])
+        XCTAssertTrue(p.waitUntil { FileManager.default.fileExists(atPath: ws + "/ready") })
+        let dirs = Harness.cgroupDirs(ofSbxPID: p.pid)
+        let mem = dirs.first { $0.contains("/memory/") }.flatMap { Harness.read($0 + "/memory.limit_in_bytes") }
+        let pids = dirs.first { $0.contains("/pids/") }.flatMap { Harness.read($0 + "/pids.max") }
+        XCTAssertEqual(mem?.trimmingCharacters(in: .whitespacesAndNewlines), String(8 << 30), "build: 8 GiB")
+        XCTAssertEqual(pids?.trimmingCharacters(in: .whitespacesAndNewlines), "4096", "build: 4096 pids")
+        var hostLimit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &hostLimit)
+        let nofile = Harness.read(ws + "/nofile")?.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(nofile, String(min(65536, hostLimit.rlim_max)), "build: 65536 files, clamped to sbx's own hard limit")
+        p.signal(SIGTERM)
+        _ = p.wait(timeout: 10)
+    }
+
+    func testNetworkProfileSharesTheHostNetworkAndItsResolverConfiguration() throws {
+        let r = try sbxRun(["--profile", "network"], ["sh", "-c", "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '; test -e /etc/resolv.conf && echo resolv"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let hostIfaces = (try? String(contentsOfFile: "/proc/net/dev", encoding: .utf8))?.split(separator: "\n").dropFirst(2)
+            .compactMap { $0.split(separator: ":").first?.trimmingCharacters(in: .whitespaces) }.sorted() ?? []
+        XCTAssertGreaterThan(hostIfaces.count, 1, "host control: more than lo")
+        XCTAssertTrue(r.out.hasPrefix(hostIfaces.joined(separator: " ")), "the network profile sees the host's interfaces: \(r.out)")
+        if FileManager.default.fileExists(atPath: "/etc/resolv.conf") {
+            XCTAssertTrue(r.out.contains("resolv"), "resolv.conf is exposed for package installs: \(r.out)")
+        }
+        let none = try sbxRun([], ["sh", "-c", "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '"])
+        XCTAssertEqual(none.out, "lo\n", "the default profile has only lo")
+    }
+
     func testMemoryLimitKillsWithReasonOOM() throws {
         guard Harness.cgroupVersion() != nil else { throw XCTSkip("no cgroup memory controller here") }
         let hog = "b = bytearray(256 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('allocated')"
