@@ -28,6 +28,11 @@ need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v "${CC:-cc}" >/dev/null || need+=(gcc libc6-dev)
+if [[ -z ${SBX_BIN:-} ]]; then  # building sbx needs its libraries
+    for p in libseccomp-dev libcap-dev libfuse3-dev pkg-config; do
+        dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || need+=("$p")
+    done
+fi
 if ((${#need[@]})); then
     echo "==> installing ${need[*]}" >&2
     if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
@@ -37,7 +42,6 @@ fi
 
 # --- 2. sbx -----------------------------------------------------------------
 if [[ -z ${SBX_BIN:-} ]]; then
-    ./scripts/deps.sh
     echo "==> swift build -c release --static-swift-stdlib" >&2
     swift build -c release --static-swift-stdlib >&2
     SBX_BIN=$repo/.build/release/sbx
