@@ -455,7 +455,6 @@ static int jail_main(void *arg) {
     char *stack_top = (char *)cfg->stack_memory + 3 * cfg->stack_size;
     long cmd = clone(command_main, (void *)((uintptr_t)stack_top & ~(uintptr_t)15), CLONE_VM | CLONE_VFORK | SIGCHLD, cfg);
     if (cmd < 0) FAIL(CJAIL_STEP_CLONE, -errno);
-    cfg->command_pid = (int)cmd;
     char *p = put_u(cfg->init_pid_text, (unsigned long)cmd);
     *p = 0;
     cfg->init_argv[0] = "sbx-init";

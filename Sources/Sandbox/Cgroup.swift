@@ -36,11 +36,8 @@ public final class Cgroup {
     }
 
     /// Creates a fresh cgroup for one jail and applies the limits.
-    /// `root` is where the hierarchy is mounted (tests use a bare cgroup2 mount to exercise v2 on v1 hosts).
-    public init(memoryBytes: UInt64?, pids: UInt64?, root: String = Cgroup.defaultRoot) throws(SandboxError) {
-        guard let version = Cgroup.detectVersion(root: root) else {
-            throw .cgroup(operation: "detect", path: root, errno: .noSuchFileOrDirectory)
-        }
+    /// `version` comes from `detectVersion(root:)`; `root` is where the hierarchy is mounted (tests use a bare cgroup2 mount to exercise v2 on v1 hosts).
+    public init(version: Version, memoryBytes: UInt64?, pids: UInt64?, root: String = Cgroup.defaultRoot) throws(SandboxError) {
         self.version = version
         let n = Cgroup.counterLock.withLock { Cgroup.counter += 1; return Cgroup.counter }
         let name = "run-\(getpid())-\(n)"

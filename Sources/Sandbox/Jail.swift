@@ -118,7 +118,7 @@ public enum Jail {
         // v2 jails are born in their cgroup (clone3), so it must exist first; v1 jails join it
         // once planned, so creating it overlaps with the kernel building the namespaces.
         if cgroupVersion == .v2 {
-            cgroup = try Cgroup(memoryBytes: profile.limits.memoryBytes, pids: profile.limits.pids, root: request.cgroupRoot)
+            cgroup = try Cgroup(version: cgroupVersion, memoryBytes: profile.limits.memoryBytes, pids: profile.limits.pids, root: request.cgroupRoot)
         }
 
         let cfg = memory.config
@@ -145,7 +145,7 @@ public enum Jail {
         defer { if devNull >= 0 { close(devNull) } }
         do {
             if cgroup == nil {
-                cgroup = try Cgroup(memoryBytes: profile.limits.memoryBytes, pids: profile.limits.pids, root: request.cgroupRoot)
+                cgroup = try Cgroup(version: cgroupVersion, memoryBytes: profile.limits.memoryBytes, pids: profile.limits.pids, root: request.cgroupRoot)
             }
             trace.mark("cgroup")
             let filters = try Seccomp.filters(for: profile)

@@ -123,8 +123,8 @@ struct Supervisor {
 
         var waitStatus: Int32 = 0
         var usage = rusage()
+        // Reaping pid 1 means its pid namespace is empty: nothing is left in the cgroup to kill.
         while wait4(jailPID, &waitStatus, __WALL, &usage) < 0 && errno == EINTR {}
-        cgroup.killAll()
         stdoutCapture.finish()
         stderrCapture.finish()
 

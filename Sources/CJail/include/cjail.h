@@ -162,7 +162,6 @@ struct cjail_config {
     volatile int plan_state;
     volatile int files_state;
     int init_fd_in_jail;
-    pid_t command_pid;
     char *init_argv[3];
     char init_pid_text[24];
     char path_buf[4096];
