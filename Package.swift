@@ -6,11 +6,13 @@ let package = Package(
     products: [
         .executable(name: "sbx", targets: ["sbx"]),
         .executable(name: "sbx-init", targets: ["sbx-init"]),
+        .executable(name: "sandboxd", targets: ["sandboxd"]),
         .library(name: "Sandbox", targets: ["Sandbox"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // C libraries from Debian, found through pkg-config.
@@ -35,8 +37,19 @@ let package = Package(
         ),
 
         .target(name: "SBXJSON"),
-        // Copy-on-write branches (issue 3): so far the branch registry and its rules.
-        .target(name: "BranchFS", dependencies: ["SBXJSON"]),
+        // Syscalls Swift's Glibc module hides (it is built without _GNU_SOURCE) and libfuse macros.
+        .target(name: "CBranchFS", cSettings: [.define("_GNU_SOURCE")]),
+        // Copy-on-write branches: registry, overlay-format deltas, commit journal, FUSE server.
+        .target(name: "BranchFS", dependencies: ["SBXJSON", "CFuse3", "CBranchFS"]),
+        // The JSON-RPC wire types and the socket client, shared by sandboxd and sbx.
+        .target(name: "SandboxProtocol", dependencies: ["SBXJSON"]),
+        .executableTarget(
+            name: "sandboxd",
+            dependencies: [
+                "BranchFS", "SandboxProtocol", "SBXJSON",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .target(
             name: "Sandbox",
             dependencies: [
@@ -47,7 +60,7 @@ let package = Package(
         .executableTarget(
             name: "sbx",
             dependencies: [
-                "Sandbox", "SBXJSON",
+                "Sandbox", "SBXJSON", "SandboxProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             // Every tool call starts this binary: a fully static executable skips the dynamic
@@ -57,7 +70,8 @@ let package = Package(
         ),
 
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SBXJSON"]),
-        .testTarget(name: "BranchFSTests", dependencies: ["BranchFS"]),
+        .testTarget(name: "BranchFSTests", dependencies: ["BranchFS", "CBranchFS"]),
+        .testTarget(name: "SandboxdTests", dependencies: ["sandboxd", "sbx", "SandboxProtocol", "SBXJSON"]),
         .testTarget(name: "SbxEndToEndTests", dependencies: ["sbx", "sbx-init", "SBXJSON"]),
     ]
 )

@@ -1,0 +1,1 @@
+#include "cbranchfs.h"

@@ -1,0 +1,2 @@
+import BranchFS
+print("sandboxd: not yet")
