@@ -48,6 +48,7 @@ let package = Package(
             dependencies: [
                 "BranchFS", "SandboxProtocol", "SBXJSON",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .target(
