@@ -51,19 +51,25 @@ final class Server: @unchecked Sendable {
     func serve() {
         acceptLoop()
         listener.remove()
-        let busy = lock.withLock { () -> Int in
+        lock.withLock {
             // SHUT_RD wakes a thread blocked reading an idle client (read returns 0) but still lets
             // a thread in the middle of a request send its answer.
             for fd in open { shutdown(fd, Int32(SHUT_RD)) }
-            return open.count
         }
-        if busy > 0 { log.info("waiting for \(busy) connection(s) to finish") }
-        let deadline = monotonicSeconds() + drainSeconds
-        let left = lock.withLock { () -> Int in
+        // Idle clients go at once; only say something when requests in flight keep us waiting.
+        if waitForConnections(until: monotonicSeconds() + 0.2) > 0 {
+            log.info("waiting for \(lock.withLock { open.count }) connection(s) to finish their requests")
+            let left = waitForConnections(until: monotonicSeconds() + drainSeconds)
+            if left > 0 { log.warning("\(left) connection(s) still busy after \(Int(drainSeconds)) s; stopping anyway") }
+        }
+    }
+
+    /// Waits until every connection has ended or `deadline` passes; returns how many are left.
+    private func waitForConnections(until deadline: Double) -> Int {
+        lock.withLock {
             while !open.isEmpty && monotonicSeconds() < deadline { lock.wait(until: deadline) }
             return open.count
         }
-        if left > 0 { log.warning("\(left) connection(s) still busy after \(Int(drainSeconds)) s; stopping anyway") }
     }
 
     private func acceptLoop() {

@@ -25,7 +25,7 @@ struct Sandboxd: ParsableCommand {
     var state: String = "/var/lib/sbx"
 
     @Option(name: .long, help: "The workspace: the directory that branch main is (default: the current directory).")
-    var workspace: String = "."
+    var workspace: String?
 
     @Option(name: .long, help: "Where branch views are mounted (default: <state>/mnt).")
     var mount: String?
@@ -46,7 +46,7 @@ struct Sandboxd: ParsableCommand {
             handler.logLevel = level
             return handler
         }
-        let config = DaemonConfiguration(socket: socket, state: state, workspace: workspace, mount: mount)
+        let config = DaemonConfiguration(socket: socket, state: state, workspace: workspace ?? ".", mount: mount)
         let status = Daemon.run(config, log: Logger(label: "sandboxd"))
         if status != 0 { throw ExitCode(status) }
     }

@@ -11,7 +11,7 @@ struct SBX: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sbx",
         abstract: "Run tool calls for AI agents in jails: isolated, bounded, reversible.",
-        subcommands: [Run.self]
+        subcommands: [Run.self, BranchCommand.self, StatusCommand.self]
     )
 }
 
