@@ -64,14 +64,11 @@ struct BranchList: ParsableCommand {
 struct BranchInfo: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "info", abstract: "Show one branch.")
 
-    @Argument(help: "The branch id.")
-    var branch: String
-
-    @OptionGroup var daemon: DaemonOptions
+    @OptionGroup var target: OneBranch
 
     func run() throws {
-        let result = try daemon.call(.branchInfo, [("branch", .string(branch))])
-        daemon.show(result) {
+        let result = try target.call(.branchInfo)
+        target.daemon.show(result) {
             let children = result["children"]?.arrayValue?.map(\.display) ?? []
             var rows = [
                 ["id", result["id"].display], ["parent", result["parent"].display], ["state", result["state"].display],
@@ -91,14 +88,11 @@ struct BranchDiff: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "diff", abstract: "Paths the branch changed relative to its parent: 'A path', 'M path', 'D path'.")
 
-    @Argument(help: "The branch id.")
-    var branch: String
-
-    @OptionGroup var daemon: DaemonOptions
+    @OptionGroup var target: OneBranch
 
     func run() throws {
-        let result = try daemon.call(.branchDiff, [("branch", .string(branch))])
-        daemon.show(result) {
+        let result = try target.call(.branchDiff)
+        target.daemon.show(result) {
             let letters = ["added": "A", "modified": "M", "deleted": "D"]
             for c in result["changes"]?.arrayValue ?? [] {
                 printOut((letters[c["change"].display] ?? "?") + " " + c["path"].display)
@@ -111,14 +105,11 @@ struct BranchPath: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "path", abstract: "Print the host directory where the branch is read and written.")
 
-    @Argument(help: "The branch id.")
-    var branch: String
-
-    @OptionGroup var daemon: DaemonOptions
+    @OptionGroup var target: OneBranch
 
     func run() throws {
-        let result = try daemon.call(.branchInfo, [("branch", .string(branch))])
-        daemon.show(.object([("path", result["path"] ?? .null)])) { printOut(result["path"].display) }
+        let result = try target.call(.branchInfo)
+        target.daemon.show(.object([("path", result["path"] ?? .null)])) { printOut(result["path"].display) }
     }
 }
 
@@ -128,14 +119,11 @@ struct BranchCommit: ParsableCommand {
         abstract: "Commit the branch into its parent; the first commit wins.",
         discussion: "Exit status 3 when a sibling committed first: the message names the winner.")
 
-    @Argument(help: "The branch id.")
-    var branch: String
-
-    @OptionGroup var daemon: DaemonOptions
+    @OptionGroup var target: OneBranch
 
     func run() throws {
-        let result = try daemon.call(.branchCommit, [("branch", .string(branch))])
-        daemon.show(result) {
+        let result = try target.call(.branchCommit)
+        target.daemon.show(result) {
             let invalidated = result["invalidated"]?.arrayValue?.map(\.display) ?? []
             printOut("committed \(result["committed"].display) into \(result["into"].display) (epoch \(result["epoch"].display))"
                 + (invalidated.isEmpty ? "" : "; invalidated " + invalidated.joined(separator: " ")))
@@ -147,13 +135,20 @@ struct BranchAbort: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "abort", abstract: "Throw the branch away, with every branch forked from it.")
 
+    @OptionGroup var target: OneBranch
+
+    func run() throws {
+        let result = try target.call(.branchAbort)
+        target.daemon.show(result) { printOut("aborted \(result["aborted"].display)") }
+    }
+}
+
+/// The argument and options of the commands that act on one branch.
+struct OneBranch: ParsableArguments {
     @Argument(help: "The branch id.")
     var branch: String
 
     @OptionGroup var daemon: DaemonOptions
 
-    func run() throws {
-        let result = try daemon.call(.branchAbort, [("branch", .string(branch))])
-        daemon.show(result) { printOut("aborted \(result["aborted"].display)") }
-    }
+    func call(_ method: Method) throws -> JSON { try daemon.call(method, [("branch", .string(branch))]) }
 }
