@@ -1,0 +1,294 @@
+// Runs the real `sandboxd` and `sbx` binaries: each test gets its own temp dir holding the
+// workspace, the state directory and the socket, and its daemons are stopped (SIGTERM, then
+// checked) and the dir removed in tearDown. Parallel-safe: nothing is shared between tests.
+import Foundation
+import SBXJSON
+import SandboxProtocol
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The binaries under test: beside the test bundle (`swift build --build-tests` builds them into
+/// the same directory), else `$SBX_E2E_BIN_DIR`, else the usual build directories.
+enum Binaries {
+    static let directory: String? = {
+        var candidates: [String] = []
+        if let dir = ProcessInfo.processInfo.environment["SBX_E2E_BIN_DIR"] { candidates.append(dir) }
+        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
+            candidates.append((exe as NSString).deletingLastPathComponent)
+        }
+        for bundle in Bundle.allBundles { candidates.append((bundle.bundlePath as NSString).deletingLastPathComponent) }
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        for scratch in [".build", ".build-d"] { candidates.append(repo + "/" + scratch + "/debug") }
+        return candidates.first { access($0 + "/sandboxd", X_OK) == 0 && access($0 + "/sbx", X_OK) == 0 }
+    }()
+    static var sandboxd: String { (directory ?? "/nonexistent") + "/sandboxd" }
+    static var sbx: String { (directory ?? "/nonexistent") + "/sbx" }
+}
+
+/// A finished process: its exit status (128+N when killed by signal N) and what it printed.
+struct Finished {
+    let pid: pid_t
+    let status: Int32
+    let out: String
+    let err: String
+    var errLines: [String] { err.split(separator: "\n").map(String.init) }
+    var outLines: [String] { out.split(separator: "\n").map(String.init) }
+
+    /// stdout as one JSON value.
+    func json(file: StaticString = #filePath, line: UInt = #line) throws -> JSON {
+        do { return try JSON.parse(out) } catch {
+            XCTFail("stdout is not JSON: \(out.prefix(300)) / stderr: \(err.prefix(300))", file: file, line: line)
+            throw error
+        }
+    }
+}
+
+/// A process started with posix_spawn: stdin from /dev/null, stdout and stderr into files,
+/// default signal dispositions and an empty signal mask whatever the test process has.
+final class Spawned {
+    let pid: pid_t
+    let outPath: String
+    let errPath: String
+    private(set) var exitStatus: Int32?
+
+    init(_ executable: String, _ arguments: [String], environment: [String: String], outPath: String, errPath: String) throws {
+        self.outPath = outPath
+        self.errPath = errPath
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var none = sigset_t(), all = sigset_t()
+        sigemptyset(&none)
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attr, &none)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for p in argv + envp { free(p) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, executable, &actions, &attr, argv, envp)
+        guard rc == 0 else { throw HarnessFailure("posix_spawn \(executable): \(String(cString: strerror(rc)))") }
+        pid = child
+    }
+
+    var isRunning: Bool {
+        guard exitStatus == nil else { return false }
+        var status: Int32 = 0
+        if waitpid(pid, &status, WNOHANG) == pid {
+            let signal = status & 0x7f
+            exitStatus = signal == 0 ? (status >> 8) & 0xff : 128 + signal
+        }
+        return exitStatus == nil
+    }
+
+    /// Waits up to `timeout` seconds; the exit status, or nil if it is still running.
+    @discardableResult
+    func wait(timeout: TimeInterval) -> Int32? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while isRunning && Date() < deadline { usleep(2_000) }
+        return exitStatus
+    }
+
+    /// Sends a signal unless the process was already reaped (its pid may have been reused).
+    func signal(_ signal: Int32) { if isRunning { kill(pid, signal) } }
+
+    var stdout: String { (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "" }
+    var stderr: String { (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "" }
+}
+
+struct HarnessFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Base of the daemon tests: a temp dir per test with `ws/` (the workspace), `state/` and the
+/// socket; daemons started here are stopped and checked in tearDown.
+class DaemonTestCase: XCTestCase {
+    private(set) var root = ""
+    var workspace: String { root + "/ws" }
+    var state: String { root + "/state" }
+    var socket: String { root + "/d.sock" }
+    private var daemons: [Spawned] = []
+    private var spawned = 0
+
+    override func setUpWithError() throws {
+        try super.setUpWithError()
+        guard Binaries.directory != nil else {
+            XCTFail("sandboxd and sbx not found beside the test bundle; build with `swift build --build-tests` (or set SBX_E2E_BIN_DIR)")
+            throw HarnessFailure("binaries not found")
+        }
+        var template = Array("/tmp/sbxd-test-XXXXXX".utf8CString)
+        guard let dir = mkdtemp(&template) else { throw HarnessFailure("mkdtemp: \(String(cString: strerror(errno)))") }
+        root = String(cString: dir)
+        guard mkdir(workspace, 0o755) == 0 else { throw HarnessFailure("mkdir \(workspace): errno \(errno)") }
+    }
+
+    override func tearDownWithError() throws {
+        for daemon in daemons where daemon.isRunning {
+            daemon.signal(SIGTERM)
+            if daemon.wait(timeout: 15) == nil {
+                daemon.signal(SIGKILL)
+                daemon.wait(timeout: 5)
+                XCTFail("sandboxd \(daemon.pid) did not stop within 15 s of SIGTERM; log:\n\(daemon.stderr.suffix(2000))")
+            }
+        }
+        let left = mounts(under: root)
+        if !left.isEmpty {
+            XCTFail("mounts left under \(root) after the daemons stopped: \(left)")
+            // Detach them (ours: made by our daemon under our temp dir) so that removing the dir
+            // cannot reach through a mount into anything else.
+            for point in left.reversed() { umount2(point, Int32(MNT_DETACH)) }
+        }
+        if !root.isEmpty { try? FileManager.default.removeItem(atPath: root) }
+        try super.tearDownWithError()
+    }
+
+    // MARK: processes
+
+    private func nextOutputPaths(_ tag: String) -> (String, String) {
+        spawned += 1
+        return (root + "/\(tag)-\(spawned).out", root + "/\(tag)-\(spawned).err")
+    }
+
+    /// Starts `sandboxd` on this test's workspace, state and socket unless told otherwise, and
+    /// waits until it accepts connections (connect only: no call, so no audit line).
+    @discardableResult
+    func startDaemon(socket: String? = nil, state: String? = nil, arguments: [String] = [],
+                     file: StaticString = #filePath, line: UInt = #line) throws -> Spawned {
+        let socketPath = socket ?? self.socket
+        let daemon = try launchDaemon(socket: socketPath, state: state, arguments: arguments)
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if let address = try? UnixAddress(socketPath), let fd = try? connectUnix(address) {
+                close(fd)
+                return daemon
+            }
+            if !daemon.isRunning {
+                XCTFail("sandboxd exited with \(daemon.exitStatus!) before listening: \(daemon.stderr)", file: file, line: line)
+                throw HarnessFailure("sandboxd did not start")
+            }
+            usleep(5_000)
+        }
+        XCTFail("sandboxd did not listen on \(socketPath) within 20 s: \(daemon.stderr)", file: file, line: line)
+        throw HarnessFailure("sandboxd did not start")
+    }
+
+    /// Starts `sandboxd` without waiting for it (for daemons expected to refuse to start).
+    func launchDaemon(socket: String? = nil, state: String? = nil, arguments: [String] = []) throws -> Spawned {
+        let (out, err) = nextOutputPaths("sandboxd")
+        let args = ["--socket", socket ?? self.socket, "--state", state ?? self.state, "--workspace", workspace] + arguments
+        let daemon = try Spawned(Binaries.sandboxd, args, environment: ProcessInfo.processInfo.environment, outPath: out, errPath: err)
+        daemons.append(daemon)
+        return daemon
+    }
+
+    /// Stops a daemon with `signal` and returns its exit status (nil: still running after 15 s).
+    func stop(_ daemon: Spawned, signal: Int32 = SIGTERM) -> Int32? {
+        daemon.signal(signal)
+        return daemon.wait(timeout: 15)
+    }
+
+    /// Runs `sbx` with `$SBX_SOCKET` pointing at this test's socket (or as `environment` says:
+    /// a nil value removes the variable).
+    func sbx(_ arguments: [String], environment overrides: [String: String?] = [:],
+             file: StaticString = #filePath, line: UInt = #line) throws -> Finished {
+        var env = ProcessInfo.processInfo.environment
+        env[SocketPath.environmentVariable] = socket
+        for (key, value) in overrides { env[key] = value }
+        let (out, err) = nextOutputPaths("sbx")
+        let process = try Spawned(Binaries.sbx, arguments, environment: env, outPath: out, errPath: err)
+        guard let status = process.wait(timeout: 60) else {
+            process.signal(SIGKILL)
+            process.wait(timeout: 5)
+            XCTFail("sbx \(arguments) did not finish within 60 s", file: file, line: line)
+            throw HarnessFailure("sbx hung")
+        }
+        return Finished(pid: process.pid, status: status, out: process.stdout, err: process.stderr)
+    }
+
+    /// `sbx <arguments> --json`, expected to succeed; its stdout parsed.
+    func sbxJSON(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> JSON {
+        let r = try sbx(arguments + ["--json"], file: file, line: line)
+        XCTAssertEqual(r.status, 0, "sbx \(arguments): \(r.err)", file: file, line: line)
+        return try r.json(file: file, line: line)
+    }
+
+    // MARK: the socket
+
+    func client(_ path: String? = nil) throws -> SandboxClient { try SandboxClient(socketPath: path ?? socket) }
+
+    /// One call on a new connection.
+    func call(_ method: String, _ params: [(String, JSON)] = []) throws -> Result<JSON, RPCError> {
+        try client().call(method, .object(params))
+    }
+
+    /// One call that must succeed; its result.
+    func result(_ method: String, _ params: [(String, JSON)] = [], file: StaticString = #filePath, line: UInt = #line) throws -> JSON {
+        switch try call(method, params) {
+        case .success(let r): return r
+        case .failure(let e):
+            XCTFail("\(method) failed: \(e.json.text)", file: file, line: line)
+            throw e
+        }
+    }
+
+    /// Sends `text` as it is on `client` and reads one line back, parsed.
+    func exchange(_ client: SandboxClient, _ text: String, file: StaticString = #filePath, line: UInt = #line) throws -> JSON {
+        try client.sendRaw(Array(text.utf8))
+        guard let reply = try client.readLine() else {
+            XCTFail("the daemon closed the connection instead of answering \(text.prefix(200))", file: file, line: line)
+            throw HarnessFailure("no answer")
+        }
+        return try JSON.parse(String(decoding: reply, as: UTF8.self))
+    }
+
+    /// Forks `count` branches of `from` through the socket; their ids.
+    func createBranches(_ count: Int = 1, from: String = "main") throws -> [String] {
+        let r = try result("branch.create", [("from", .string(from)), ("count", .int(Int64(count)))])
+        return r["branches"]?.arrayValue?.compactMap { $0["id"]?.stringValue } ?? []
+    }
+
+    /// The branch objects of `branch.list`, by id.
+    func branchesByID() throws -> [String: JSON] {
+        var out: [String: JSON] = [:]
+        for b in try result("branch.list")["branches"]?.arrayValue ?? [] { if let id = b["id"]?.stringValue { out[id] = b } }
+        return out
+    }
+
+    /// Asserts the daemon still answers `status` on a fresh connection.
+    func assertDaemonAnswers(_ context: String, file: StaticString = #filePath, line: UInt = #line) {
+        do {
+            let status = try result("status", file: file, line: line)
+            XCTAssertNotNil(status["pid"]?.intValue, "\(context): status without pid", file: file, line: line)
+        } catch {
+            XCTFail("\(context): the daemon no longer answers status: \(error)", file: file, line: line)
+        }
+    }
+
+    /// Mount points at or below `dir` (from /proc/self/mountinfo).
+    func mounts(under dir: String) -> [String] {
+        guard !dir.isEmpty, let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ")
+            guard fields.count > 4 else { return nil }
+            let point = String(fields[4]).replacingOccurrences(of: "\\040", with: " ")
+            return point == dir || point.hasPrefix(dir + "/") ? point : nil
+        }
+    }
+
+    /// The audit log, one parsed record per line.
+    func auditRecords() throws -> [JSON] {
+        let text = try String(contentsOfFile: state + "/audit.jsonl", encoding: .utf8)
+        return try text.split(separator: "\n").map { try JSON.parse(String($0)) }
+    }
+}
