@@ -1,3 +1,5 @@
+import CBranchFS
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -23,27 +25,53 @@ public struct CommitResult: Equatable, Sendable {
 /// state directory, the commit journal and the FUSE session that serves each branch at
 /// `<mountPoint>/<branch-id>/`. Thread-safe: every public method may be called from any thread.
 ///
-/// Opening it recovers what a killed predecessor left: it finishes or rolls back an interrupted
-/// commit, and lazily unmounts a stale FUSE mount at `mountPoint`.
-public final class BranchFS: @unchecked Sendable {
+/// Opening it recovers what a killed predecessor left: it finishes an interrupted commit whose
+/// journal was written (roll-forward) and drops the staging of one that was not (roll-back),
+/// and lazily unmounts a stale FUSE mount at `mountPoint`.
+///
+/// State layout: `branches.json` (registry), `layers/<id>/` (a branch's upper, overlayfs format),
+/// `work/<id>/` (copy-ups in progress), `journal/<commit>.json`, `staging/<commit>/`.
+public final class BranchFS: @unchecked Sendable, ViewProvider {
     public let workspace: String
     public let stateDirectory: String
     public let mountPoint: String
     let store: BranchStore
     let lock = Mutex()
+    let server: FuseServer
+    private var views: [String: View] = [:]
+    private var closed = false
 
-    /// Opens the state in `stateDirectory` (created if missing) for `workspace` and mounts the
-    /// FUSE session at `mountPoint` (default `<stateDirectory>/mnt`).
+    /// Opens the state in `stateDirectory` (created if missing) for `workspace`, recovers, and
+    /// mounts the FUSE session at `mountPoint` (default `<stateDirectory>/mnt`).
     public init(workspace: String, stateDirectory: String, mountPoint: String? = nil) throws(BranchError) {
         self.workspace = try Self.absoluteDirectory(workspace, what: "workspace")
         try Self.makeDirectory(stateDirectory)
         self.stateDirectory = try Self.absoluteDirectory(stateDirectory, what: "state directory")
-        self.mountPoint = mountPoint ?? self.stateDirectory + "/mnt"
+        if self.workspace == self.stateDirectory || self.stateDirectory.hasPrefix(self.workspace + "/") {
+            throw .invalidRequest("the state directory \(self.stateDirectory) must not be inside the workspace \(self.workspace)")
+        }
+        let mnt = mountPoint ?? self.stateDirectory + "/mnt"
+        for d in ["layers", "work", "journal", "staging"] { try Self.makeDirectory(self.stateDirectory + "/" + d) }
+        Self.detachStaleMount(mnt)
+        try Self.makeDirectory(mnt)
+        self.mountPoint = try Self.absoluteDirectory(mnt, what: "mount point")
         store = try BranchStore(stateDirectory: self.stateDirectory)
+        server = FuseServer(mountPoint: self.mountPoint)
+        server.provider = self
+        try recover()
+        do { try server.start() } catch { throw .io("FUSE mount at \(self.mountPoint): \(error.what)", errno: error.errno) }
     }
 
+    deinit { close() }
+
     /// Unmounts the FUSE session and stops its threads. Idempotent.
-    public func close() {}
+    public func close() {
+        let first = lock.locked { () -> Bool in
+            defer { closed = true }
+            return !closed
+        }
+        if first { server.stop() }
+    }
 
     /// The host directory where any tool reads and writes branch `id`.
     public func path(of id: String) -> String { mountPoint + "/" + id }
@@ -56,29 +84,214 @@ public final class BranchFS: @unchecked Sendable {
 
     public func liveChildren(of id: String) -> [Branch] { lock.locked { store.liveChildren(of: id) } }
 
-    /// Forks `count` siblings of `parent`; O(1) each, whatever the size of the tree.
+    /// Forks `count` siblings of `parent`; O(1) each, whatever the size of the tree: a record
+    /// and an empty upper directory. The parent becomes frozen.
     public func create(from parent: String = BranchStore.mainID, count: Int = 1) throws(BranchError) -> [Branch] {
-        try lock.lockedThrowing { () throws(BranchError) in try store.create(from: parent, count: count) }
+        try lock.lockedThrowing { () throws(BranchError) in
+            let made = try store.create(from: parent, count: count)
+            for b in made {
+                for dir in [layerPath(b.id), workPath(b.id)] {
+                    guard mkdir(dir, 0o755) == 0 || errno == EEXIST else { throw .io("mkdir \(dir)", errno: errno) }
+                }
+            }
+            // Freeze the parent before anyone can see the children: its writes now fail with EROFS.
+            if let pv = try? viewLocked(parent) {
+                pv.writeGate.writing { pv.frozen = true }
+            }
+            return made
+        }
     }
 
     /// Paths `id` added, modified or deleted relative to its parent, sorted.
     public func diff(_ id: String) throws(BranchError) -> [BranchChange] {
-        _ = try info(id)
-        return []
-    }
-
-    /// Commits `id` into its parent, atomically; first commit wins.
-    public func commit(_ id: String) throws(BranchError) -> CommitResult {
         try lock.lockedThrowing { () throws(BranchError) in
+            guard id != BranchStore.mainID else { throw .invalidRequest("main is the workspace: it has no parent to differ from") }
             let b = try store.info(id)
-            let (epoch, invalidated) = try store.commit(id)
-            return CommitResult(committed: id, into: b.parent ?? BranchStore.mainID, epoch: epoch, invalidated: invalidated, changes: 0)
+            let view = try viewLocked(id, allowDead: true)
+            let parent = try viewLocked(b.parent!, allowDead: true)
+            do throws(FSError) {
+                return try server.tree.reading { () throws(FSError) in
+                    try view.namespace.lockedThrowing { () throws(FSError) in
+                        try parent.namespace.lockedThrowing { () throws(FSError) in try Differ.diff(child: view, parent: parent) }
+                    }
+                }
+            } catch { throw .io("diff \(id): \(error.what)", errno: error.errno) }
         }
     }
 
-    /// Throws `id` and its descendants away.
+    /// Commits `id` into its parent, atomically; first commit wins. The delta is planned and
+    /// staged while the branch's writers wait, journaled (the commit point), recorded in the
+    /// registry, then applied under the tree lock so no reader sees half of it.
+    public func commit(_ id: String) throws(BranchError) -> CommitResult {
+        let (result, dead, parentView, changed) = try lock.lockedThrowing { () throws(BranchError) -> (CommitResult, [View], View, [String]) in
+            guard id != BranchStore.mainID else { throw .invalidRequest("main is the workspace: it has nothing to commit into") }
+            try store.checkCommit(id)
+            let b = try store.info(id)
+            let parentID = b.parent!
+            let child = try viewLocked(id)
+            let parent = try viewLocked(parentID)
+            return try child.writeGate.writing { () throws(BranchError) in
+                let commitID = "c" + store.newID().dropFirst()
+                let intoWorkspace = parentID == BranchStore.mainID
+                var staging: String?
+                var stagingFD: Int32 = -1
+                if intoWorkspace {
+                    staging = Committer.sameDevice(stateDirectory, workspace)
+                        ? stateDirectory + "/staging/" + commitID
+                        : workspace + "/" + parent.hiddenRootPrefix + commitID
+                    guard mkdir(staging!, 0o700) == 0 else { throw .io("mkdir \(staging!)", errno: errno) }
+                    stagingFD = open(staging!, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                }
+                defer { if stagingFD >= 0 { Glibc.close(stagingFD) } }
+                let plan: CommitPlan
+                do throws(FSError) {
+                    plan = try server.tree.reading { () throws(FSError) in
+                        try Committer.plan(id: commitID, child: child, parent: parent, staging: staging, stagingFD: stagingFD)
+                    }
+                    try Committer.write(plan, to: journalPath(commitID))
+                } catch {
+                    if let staging { try? Overlay.removeTree(AT_FDCWD, staging) }
+                    throw .io("commit \(id): \(error.what)", errno: error.errno)
+                }
+                // The journal is on disk: from here on recovery rolls this commit forward.
+                let (epoch, invalidated) = try store.commit(id)
+                let dead = [child] + invalidated.compactMap { views[$0] }
+                do throws(FSError) {
+                    try server.tree.writing { () throws(FSError) in
+                        for v in dead { v.deadErrno = ESTALE }
+                        try Committer.apply(plan)
+                        parent.generation += 1
+                        parent.frozen = !store.liveChildren(of: parentID).isEmpty
+                    }
+                } catch {
+                    // The registry says committed; a restart replays the journal.
+                    throw .io("commit \(id) applying \(error.what) (the journal will be replayed on restart)", errno: error.errno)
+                }
+                finish(plan)
+                for v in dead { views[v.id] = nil }
+                let result = CommitResult(committed: id, into: parentID, epoch: epoch, invalidated: invalidated, changes: plan.ops.count)
+                return (result, dead, parent, plan.ops.map(\.path))
+            }
+        }
+        // Outside every lock: the kernel may need inode locks that a waiting handler holds.
+        server.invalidate(paths: changed, in: parentView)
+        for v in dead {
+            server.invalidateAll(of: v)
+            server.dropRoot(of: v)
+        }
+        return result
+    }
+
+    /// Throws `id` and its descendants away, deltas included.
     public func abort(_ id: String) throws(BranchError) {
-        try lock.lockedThrowing { () throws(BranchError) in try store.abort(id) }
+        let dead = try lock.lockedThrowing { () throws(BranchError) -> [View] in
+            let ids = [id] + store.descendants(of: id).filter { store.branches[$0]?.state == .active }
+            try store.abort(id)
+            var dead: [View] = []
+            for d in ids {
+                if let v = views.removeValue(forKey: d) { v.writeGate.writing { v.deadErrno = ESTALE }; dead.append(v) }
+                try? Overlay.removeTree(AT_FDCWD, layerPath(d))
+                try? Overlay.removeTree(AT_FDCWD, workPath(d))
+            }
+            if let parent = store.branches[id]?.parent, let pv = views[parent] {
+                pv.writeGate.writing { pv.frozen = store.isFrozen(parent) }
+            }
+            return dead
+        }
+        for v in dead {
+            server.invalidateAll(of: v)
+            server.dropRoot(of: v)
+        }
+    }
+
+    // MARK: - views
+
+    func layerPath(_ id: String) -> String { stateDirectory + "/layers/" + id }
+    func workPath(_ id: String) -> String { stateDirectory + "/work/" + id }
+    func journalPath(_ commit: String) -> String { stateDirectory + "/journal/" + commit + ".json" }
+
+    /// The view of branch `id`, built on first use: its upper, each ancestor's upper, the workspace.
+    func viewLocked(_ id: String, allowDead: Bool = false) throws(BranchError) -> View {
+        if let v = views[id] { return v }
+        let b = try store.info(id)
+        guard b.state == .active || allowDead else { throw .notActive(id, b.state) }
+        var paths: [String] = []
+        var cursor: Branch? = b
+        while let c = cursor, c.id != BranchStore.mainID {
+            paths.append(layerPath(c.id))
+            cursor = c.parent.flatMap { store.branches[$0] }
+        }
+        paths.append(workspace)
+        do throws(FSError) {
+            let layers = try paths.map { (p) throws(FSError) in try Layer(path: p) }
+            let work = id == BranchStore.mainID ? nil : try Layer(path: workPath(id))
+            let v = View(id: id, layers: layers, work: work)
+            v.root = server.makeRoot(for: v)
+            v.frozen = store.isFrozen(id)
+            if b.state != .active { v.deadErrno = ESTALE }
+            if b.state == .active { views[id] = v }
+            return v
+        } catch { throw .io("open layers of \(id): \(error.what)", errno: error.errno) }
+    }
+
+    func view(named id: String) -> View? {
+        lock.locked { try? viewLocked(id) }
+    }
+
+    func liveBranchIDs() -> [String] {
+        lock.locked { store.list().filter { $0.state == .active }.map(\.id) }
+    }
+
+    // MARK: - recovery
+
+    /// Retires a journal whose ops are all applied: staging, journal, the child's delta.
+    private func finish(_ plan: CommitPlan) {
+        if let s = plan.staging { try? Overlay.removeTree(AT_FDCWD, s) }
+        unlink(journalPath(plan.id))
+        _ = cbfs_fsync_at(AT_FDCWD, stateDirectory + "/journal")
+        try? Overlay.removeTree(AT_FDCWD, layerPath(plan.child))
+        try? Overlay.removeTree(AT_FDCWD, workPath(plan.child))
+    }
+
+    /// Replays journaled commits (roll-forward) and removes what unjournaled ones staged.
+    private func recover() throws(BranchError) {
+        let journalDir = stateDirectory + "/journal"
+        let names = (try? Overlay.listNames(AT_FDCWD, journalDir)) ?? []
+        var live = Set<String>()
+        for name in names.sorted() {
+            let file = journalDir + "/" + name
+            guard name.hasSuffix(".json"), let plan = Committer.read(file) else { unlink(file); continue }
+            if let b = store.branches[plan.child], b.state == .active { _ = try store.commit(plan.child) }
+            do throws(FSError) { try Committer.apply(plan) } catch { throw .io("replaying commit \(plan.id) of \(plan.child): \(error.what)", errno: error.errno) }
+            live.insert(plan.id)
+            finish(plan)
+        }
+        for name in (try? Overlay.listNames(AT_FDCWD, stateDirectory + "/staging")) ?? [] {
+            try? Overlay.removeTree(AT_FDCWD, stateDirectory + "/staging/" + name)
+        }
+        for name in (try? Overlay.listNames(AT_FDCWD, workspace)) ?? [] where name.hasPrefix(".sbx-staging-") {
+            try? Overlay.removeTree(AT_FDCWD, workspace + "/" + name)
+        }
+        // Half-made copy-ups, and the deltas of branches that are gone.
+        for b in store.list() where b.id != BranchStore.mainID {
+            switch b.state {
+            case .active:
+                for name in (try? Overlay.listNames(AT_FDCWD, workPath(b.id))) ?? [] { try? Overlay.removeTree(AT_FDCWD, workPath(b.id) + "/" + name) }
+                _ = mkdir(layerPath(b.id), 0o755)
+                _ = mkdir(workPath(b.id), 0o755)
+            case .committed, .aborted:
+                try? Overlay.removeTree(AT_FDCWD, layerPath(b.id))
+                try? Overlay.removeTree(AT_FDCWD, workPath(b.id))
+            case .invalidated:
+                try? Overlay.removeTree(AT_FDCWD, workPath(b.id))
+            }
+        }
+    }
+
+    /// A FUSE mount left by a killed daemon answers ENOTCONN: detach it so we can mount again.
+    static func detachStaleMount(_ path: String) {
+        guard (try? Bool(mountInfoOf: path)) == true else { return }
+        _ = umount2(path, Int32(MNT_DETACH))
     }
 
     static func makeDirectory(_ path: String) throws(BranchError) {
@@ -94,19 +307,39 @@ public final class BranchFS: @unchecked Sendable {
     }
 }
 
-/// A pthread mutex with scoped helpers.
-final class Mutex: @unchecked Sendable {
-    private var m = pthread_mutex_t()
-    init() { pthread_mutex_init(&m, nil) }
-    deinit { pthread_mutex_destroy(&m) }
-    func locked<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(&m)
-        defer { pthread_mutex_unlock(&m) }
-        return try body()
+extension Bool {
+    /// Whether `path` is a mount point according to /proc/self/mountinfo.
+    init(mountInfoOf path: String) throws {
+        let fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { self = false; return }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            bytes += chunk[0..<n]
+        }
+        let needle = " " + path.replacingSpaces() + " "
+        self = String(decoding: bytes, as: UTF8.self).split(separator: "\n").contains { line in
+            line.split(separator: " ").dropFirst(4).first.map { " " + $0 + " " == needle } ?? false
+        }
     }
-    func lockedThrowing<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        pthread_mutex_lock(&m)
-        defer { pthread_mutex_unlock(&m) }
-        return try body()
+}
+
+extension String {
+    /// mountinfo escapes spaces, tabs, newlines and backslashes as octal.
+    func replacingSpaces() -> String {
+        var out = ""
+        for ch in self {
+            switch ch {
+            case " ": out += "\\040"
+            case "\t": out += "\\011"
+            case "\n": out += "\\012"
+            case "\\": out += "\\134"
+            default: out.append(ch)
+            }
+        }
+        return out
     }
 }

@@ -115,20 +115,9 @@ public final class BranchStore {
     /// moved since the fork; it then bumps the parent's epoch and invalidates every other live
     /// child of the parent (and their descendants).
     public func commit(_ id: String) throws(BranchError) -> (epoch: UInt64, invalidated: [String]) {
-        guard id != Self.mainID else { throw .invalidRequest("main is the workspace: it has nothing to commit into") }
+        try checkCommit(id)
         var b = try info(id)
-        guard b.state == .active else {
-            if b.state == .invalidated { throw .conflict(id, winner: b.invalidatedBy) }
-            throw .notActive(id, b.state)
-        }
-        let children = liveChildren(of: id)
-        guard children.isEmpty else { throw .frozen(id, children: children.map(\.id)) }
         var p = try info(b.parent!)
-        guard p.state == .active else { throw .notActive(p.id, p.state) }
-        guard p.epoch == b.forkEpoch else {
-            try invalidate(id, by: p.lastCommitFrom)
-            throw .conflict(id, winner: p.lastCommitFrom)
-        }
         p.epoch += 1
         p.lastCommitFrom = id
         branches[p.id] = p
@@ -141,6 +130,25 @@ public final class BranchStore {
         }
         try save()
         return (p.epoch, invalidated)
+    }
+
+    /// Refuses a commit that `commit` would refuse, changing nothing, except that a branch
+    /// whose parent moved on is marked invalidated (it can never commit again).
+    func checkCommit(_ id: String) throws(BranchError) {
+        guard id != Self.mainID else { throw .invalidRequest("main is the workspace: it has nothing to commit into") }
+        let b = try info(id)
+        guard b.state == .active else {
+            if b.state == .invalidated { throw .conflict(id, winner: b.invalidatedBy) }
+            throw .notActive(id, b.state)
+        }
+        let children = liveChildren(of: id)
+        guard children.isEmpty else { throw .frozen(id, children: children.map(\.id)) }
+        let p = try info(b.parent!)
+        guard p.state == .active else { throw .notActive(p.id, p.state) }
+        guard p.epoch == b.forkEpoch else {
+            try invalidate(id, by: p.lastCommitFrom)
+            throw .conflict(id, winner: p.lastCommitFrom)
+        }
     }
 
     /// Throws a branch away, with everything forked from it.

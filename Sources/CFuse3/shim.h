@@ -1,4 +1,51 @@
 #pragma once
 // At 312 Debian's versioned symbols make fuse_session_loop_mt a real function.
 #define FUSE_USE_VERSION 312
+#include <stddef.h>
 #include <fuse_lowlevel.h>
+
+// Swift does not see C bitfields reliably: set and read fuse_file_info's flags here.
+static inline void cbfs_fi_set_cache(struct fuse_file_info *fi, int keep_cache, int cache_readdir) {
+    fi->keep_cache = keep_cache ? 1 : 0;
+    fi->cache_readdir = cache_readdir ? 1 : 0;
+}
+static inline void cbfs_fi_set_noflush(struct fuse_file_info *fi) { fi->noflush = 1; }
+static inline int cbfs_fi_flags(const struct fuse_file_info *fi) { return fi->flags; }
+static inline uint64_t cbfs_fi_fh(const struct fuse_file_info *fi) { return fi->fh; }
+static inline void cbfs_fi_set_fh(struct fuse_file_info *fi, uint64_t fh) { fi->fh = fh; }
+
+static inline struct fuse_session *cbfs_session_new(int argc, char **argv, const struct fuse_lowlevel_ops *ops, void *userdata) {
+    struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+    struct fuse_session *se = fuse_session_new(&args, ops, sizeof(*ops), userdata);
+    fuse_opt_free_args(&args);
+    return se;
+}
+
+static inline int cbfs_session_loop_mt(struct fuse_session *se, unsigned max_idle) {
+    struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+    fuse_loop_cfg_set_clone_fd(cfg, 1);
+    fuse_loop_cfg_set_idle_threads(cfg, max_idle);
+    int r = fuse_session_loop_mt(se, cfg);
+    fuse_loop_cfg_destroy(cfg);
+    return r;
+}
+
+static inline void cbfs_conn_configure(struct fuse_conn_info *conn, unsigned max_write) {
+    if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+    if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+    if (conn->capable & FUSE_CAP_SPLICE_READ) conn->want |= FUSE_CAP_SPLICE_READ;
+    if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
+    conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA;
+    conn->want &= ~(unsigned)FUSE_CAP_READDIRPLUS;
+    conn->max_write = max_write;
+    conn->max_readahead = max_write;
+}
+
+// Replies with `size` bytes of `fd` at `off`, letting libfuse splice instead of copying.
+static inline int cbfs_reply_fd(fuse_req_t req, int fd, size_t size, off_t off) {
+    struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+    buf.buf[0].flags = (enum fuse_buf_flags)(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+    buf.buf[0].fd = fd;
+    buf.buf[0].pos = off;
+    return fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}

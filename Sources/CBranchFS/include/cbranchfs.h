@@ -1,4 +1,26 @@
 #pragma once
+// Syscalls and constants Swift's Glibc module hides (it is built without _GNU_SOURCE).
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/xattr.h>
+
+extern const int CBFS_O_PATH;
+extern const int CBFS_O_NOFOLLOW;
+extern const int CBFS_AT_EMPTY_PATH;
+extern const unsigned CBFS_RENAME_NOREPLACE;
+extern const unsigned CBFS_RENAME_EXCHANGE;
+extern const long CBFS_UTIME_OMIT;
+extern const long CBFS_UTIME_NOW;
+
+/// Copies `len` bytes from `in` to `out` (both at offset 0 onwards) with copy_file_range,
+/// falling back to read/write across filesystems. Returns 0 or -errno.
+int cbfs_copy_data(int in, int out, uint64_t len);
+int cbfs_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned flags);
+/// A whiteout: a character device 0/0 (kernel overlayfs's format).
+int cbfs_mknod_whiteout(int dirfd, const char *name);
+int cbfs_mknodat(int dirfd, const char *name, mode_t mode, uint64_t rdev);
+int cbfs_is_whiteout(mode_t mode, uint64_t rdev);
+uint64_t cbfs_makedev(unsigned major, unsigned minor);
+/// fsync of a directory given by path relative to dirfd; 0 or -errno.
+int cbfs_fsync_at(int dirfd, const char *path);

@@ -1,0 +1,270 @@
+import CBranchFS
+import SBXJSON
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One step of applying a branch's delta to its parent. Every step is idempotent, so
+/// recovery can replay a whole journal after a crash at any instant and reach the same state.
+enum CommitOp: Equatable {
+    /// Remove the target path, whatever it is.
+    case delete(String)
+    /// Put a whiteout at the target path unless one is there (parent is a branch).
+    case whiteout(String)
+    /// Make sure the target is a directory; `opaque` hides what lies below it.
+    case mkdir(String, opaque: Bool)
+    /// Replace the target with the child's (opaque) directory, moved whole (parent is a branch).
+    case replaceDir(String)
+    /// Move the child's entry over the target (parent is a branch).
+    case move(String)
+    /// Rename the staged copy `staged` over the target (parent is the workspace).
+    case install(String, staged: String)
+    /// Remove every entry of the target directory not named in `keep` (an opaque directory).
+    case clear(String, keep: [String])
+    /// Copy the child's directory mode, owner and times onto the target.
+    case meta(String)
+
+    var path: String {
+        switch self {
+        case let .delete(p), let .whiteout(p), let .mkdir(p, _), let .replaceDir(p), let .move(p),
+             let .install(p, _), let .clear(p, _), let .meta(p): return p
+        }
+    }
+
+    var json: JSON {
+        switch self {
+        case let .delete(p): return .array([.string("delete"), .string(p)])
+        case let .whiteout(p): return .array([.string("whiteout"), .string(p)])
+        case let .mkdir(p, o): return .array([.string("mkdir"), .string(p), .bool(o)])
+        case let .replaceDir(p): return .array([.string("replace_dir"), .string(p)])
+        case let .move(p): return .array([.string("move"), .string(p)])
+        case let .install(p, s): return .array([.string("install"), .string(p), .string(s)])
+        case let .clear(p, k): return .array([.string("clear"), .string(p), .array(k.map { .string($0) })])
+        case let .meta(p): return .array([.string("meta"), .string(p)])
+        }
+    }
+
+    init?(json: JSON) {
+        guard let a = json.arrayValue, a.count >= 2, let op = a[0].stringValue, let p = a[1].stringValue else { return nil }
+        switch (op, a.count) {
+        case ("delete", 2): self = .delete(p)
+        case ("whiteout", 2): self = .whiteout(p)
+        case ("mkdir", 3): guard case let .bool(o) = a[2] else { return nil }; self = .mkdir(p, opaque: o)
+        case ("replace_dir", 2): self = .replaceDir(p)
+        case ("move", 2): self = .move(p)
+        case ("install", 3): guard let s = a[2].stringValue else { return nil }; self = .install(p, staged: s)
+        case ("clear", 3): guard let k = a[2].arrayValue else { return nil }; self = .clear(p, keep: k.compactMap(\.stringValue))
+        case ("meta", 2): self = .meta(p)
+        default: return nil
+        }
+    }
+}
+
+/// A planned commit: written to the journal before anything in the parent changes. Its
+/// presence on disk is the commit point; recovery replays it.
+struct CommitPlan {
+    let id: String
+    let child: String
+    let parent: String
+    let childUpper: String
+    /// The directory the ops apply to: the parent's upper, or the workspace.
+    let target: String
+    /// Where staged copies wait (commits into the workspace only).
+    let staging: String?
+    var ops: [CommitOp]
+
+    var json: JSON {
+        .object([
+            ("id", .string(id)), ("child", .string(child)), ("parent", .string(parent)),
+            ("child_upper", .string(childUpper)), ("target", .string(target)),
+            ("staging", staging.map { .string($0) } ?? .null), ("ops", .array(ops.map(\.json))),
+        ])
+    }
+
+    init(id: String, child: String, parent: String, childUpper: String, target: String, staging: String?, ops: [CommitOp]) {
+        self.id = id; self.child = child; self.parent = parent; self.childUpper = childUpper
+        self.target = target; self.staging = staging; self.ops = ops
+    }
+
+    init?(json: JSON) {
+        guard let id = json["id"]?.stringValue, let child = json["child"]?.stringValue, let parent = json["parent"]?.stringValue,
+              let cu = json["child_upper"]?.stringValue, let target = json["target"]?.stringValue,
+              let ops = json["ops"]?.arrayValue else { return nil }
+        let parsed = ops.compactMap(CommitOp.init(json:))
+        guard parsed.count == ops.count else { return nil }
+        self.init(id: id, child: child, parent: parent, childUpper: cu, target: target, staging: json["staging"]?.stringValue, ops: parsed)
+    }
+}
+
+/// Plans, stages, journals and applies commits. Cost grows with the change: planning walks
+/// only the child's upper, staging links (or copies) only the changed files.
+enum Committer {
+    /// Walks the child's delta and lists the ops that carry it into the parent.
+    /// `parentView` answers "does something lie below the parent's upper at this path?".
+    static func plan(id: String, child: View, parent: View, staging: String?, stagingFD: Int32) throws(FSError) -> CommitPlan {
+        let c = child.upper.fd
+        let intoWorkspace = parent.layers.count == 1
+        var ops: [CommitOp] = []
+        var staged: [String: String] = [:] // "dev:ino" of the child's file -> staged name (hard links)
+        let sameFS = staging.map { sameDevice(child.upper.path, $0) } ?? false
+
+        func stage(_ rel: String, _ st: stat) throws(FSError) -> String {
+            let name = String(ops.count)
+            let key = "\(st.st_dev):\(st.st_ino)"
+            if st.st_mode & S_IFMT == S_IFREG {
+                if let first = staged[key] {
+                    guard linkat(stagingFD, first, stagingFD, name, 0) == 0 else { throw .last("stage link \(rel)") }
+                    return name
+                }
+                if sameFS && linkat(c, rel, stagingFD, name, 0) == 0 {
+                    guard cbfs_fsync_at(c, rel) == 0 else { throw .last("fsync \(rel)") }
+                } else {
+                    try Overlay.copyEntry(c, rel, st, to: stagingFD, name)
+                    guard cbfs_fsync_at(stagingFD, name) == 0 else { throw .last("fsync staged \(rel)") }
+                }
+                staged[key] = name
+            } else {
+                try Overlay.copyEntry(c, rel, st, to: stagingFD, name)
+            }
+            return name
+        }
+
+        func walk(_ dir: String, exact: Bool) throws(FSError) {
+            for e in try Overlay.listEntries(c, View.at(dir)).sorted(by: { $0.name < $1.name }) {
+                let rel = dir.appending(component: e.name)
+                guard let st = Overlay.lstat(c, rel) else { throw .last("stat \(rel)") }
+                if Overlay.isWhiteout(st) {
+                    if exact { continue } // nothing below an opaque directory to hide
+                    ops.append(.delete(rel))
+                    if !intoWorkspace && below(parent, rel) { ops.append(.whiteout(rel)) }
+                } else if st.st_mode & S_IFMT == S_IFDIR {
+                    let opaque = Overlay.isOpaque(c, rel)
+                    if !intoWorkspace && opaque {
+                        ops.append(.replaceDir(rel))
+                        continue
+                    }
+                    var hides = false
+                    if !intoWorkspace, let pst = Overlay.lstat(parent.upper.fd, rel), Overlay.isWhiteout(pst) { hides = true }
+                    ops.append(.mkdir(rel, opaque: hides))
+                    if intoWorkspace && (opaque || exact) {
+                        let keep = try Overlay.listEntries(c, rel).filter { entry in
+                            guard let s = Overlay.lstat(c, rel + "/" + entry.name) else { return false }
+                            return !Overlay.isWhiteout(s)
+                        }.map(\.name)
+                        ops.append(.clear(rel, keep: keep.sorted()))
+                    }
+                    try walk(rel, exact: exact || (intoWorkspace && opaque))
+                    ops.append(.meta(rel))
+                } else if intoWorkspace {
+                    ops.append(.install(rel, staged: try stage(rel, st)))
+                } else {
+                    ops.append(.move(rel))
+                }
+            }
+        }
+        try walk("", exact: false)
+        return CommitPlan(id: id, child: child.id, parent: parent.id, childUpper: child.upper.path,
+                          target: parent.upper.path, staging: staging, ops: ops)
+    }
+
+    /// Whether the parent's lower layers (below its upper) hold something at `rel`.
+    static func below(_ view: View, _ rel: String) -> Bool {
+        guard let dir = view.transientPath(rel.parentPath) else { return false }
+        return view.lowerHas(dir, rel.lastComponent)
+    }
+
+    static func sameDevice(_ a: String, _ b: String) -> Bool {
+        var sa = stat(), sb = stat()
+        return lstat(a, &sa) == 0 && lstat(b, &sb) == 0 && sa.st_dev == sb.st_dev
+    }
+
+    /// Applies every op of `plan`; safe to run again on a partly applied plan.
+    static func apply(_ plan: CommitPlan) throws(FSError) {
+        let t = try Overlay.openDirectory(plan.target)
+        defer { close(t) }
+        let c = open(plan.childUpper, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        defer { if c >= 0 { close(c) } }
+        let s = plan.staging.map { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } ?? -1
+        defer { if s >= 0 { close(s) } }
+        var touched = Set<String>()
+        for op in plan.ops {
+            let rel = op.path
+            touched.insert(rel.parentPath)
+            switch op {
+            case .delete:
+                try Overlay.removeTree(t, rel)
+            case .whiteout:
+                if Overlay.lstat(t, rel) == nil { try Overlay.makeWhiteout(t, rel) }
+            case let .mkdir(_, opaque):
+                if let st = Overlay.lstat(t, rel), st.st_mode & S_IFMT != S_IFDIR { try Overlay.removeTree(t, rel) }
+                if Overlay.lstat(t, rel) == nil {
+                    guard mkdirat(t, rel, 0o700) == 0 else { throw .last("mkdir \(rel)") }
+                }
+                if opaque { try Overlay.setOpaque(t, rel) }
+                touched.insert(rel)
+            case .replaceDir, .move:
+                guard c >= 0, Overlay.lstat(c, rel) != nil else { continue } // already moved
+                if case .replaceDir = op { try Overlay.removeTree(t, rel) } else if let st = Overlay.lstat(t, rel), st.st_mode & S_IFMT == S_IFDIR {
+                    try Overlay.removeTree(t, rel)
+                }
+                guard renameat(c, rel, t, rel) == 0 else { throw .last("move \(rel)") }
+            case let .install(_, staged):
+                guard s >= 0, Overlay.lstat(s, staged) != nil else { continue } // already installed
+                if let st = Overlay.lstat(t, rel), st.st_mode & S_IFMT == S_IFDIR { try Overlay.removeTree(t, rel) }
+                guard renameat(s, staged, t, rel) == 0 else { throw .last("install \(rel)") }
+            case let .clear(_, keep):
+                let keepSet = Set(keep)
+                for name in try Overlay.listNames(t, rel) where !keepSet.contains(name) {
+                    try Overlay.removeTree(t, rel + "/" + name)
+                }
+            case .meta:
+                if c >= 0, let st = Overlay.lstat(c, rel) { Overlay.applyMetadata(t, rel, st) }
+            }
+        }
+        for dir in touched { _ = cbfs_fsync_at(t, View.at(dir)) }
+    }
+
+    // MARK: - journal
+
+    static func write(_ plan: CommitPlan, to file: String) throws(FSError) {
+        let text = plan.json.text + "\n"
+        let tmp = file + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .last("create \(tmp)") }
+        let ok = text.withCString { Glibc.write(fd, $0, strlen($0)) } == text.utf8.count && fsync(fd) == 0
+        let e = errno
+        close(fd)
+        guard ok else { unlink(tmp); throw FSError(e, "write \(tmp)") }
+        guard rename(tmp, file) == 0 else { throw .last("rename \(tmp)") }
+        _ = cbfs_fsync_at(AT_FDCWD, file.parentPath)
+    }
+
+    static func read(_ file: String) -> CommitPlan? {
+        let fd = open(file, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            bytes += chunk[0..<n]
+        }
+        guard let json = try? JSON.parse(bytes: &bytes) else { return nil }
+        return CommitPlan(json: json)
+    }
+}
+
+extension View {
+    /// A transient node for directory `rel` of this view, resolved through the layers.
+    func transientPath(_ rel: String) -> Node? {
+        var n: Node = root
+        guard (try? resolve(n)) != nil else { return nil }
+        for part in rel.split(separator: "/") {
+            guard let p = probe(n, String(part)), !p.dirLayers.isEmpty else { return nil }
+            n = transientNode(n, String(part), p)
+        }
+        return n
+    }
+}

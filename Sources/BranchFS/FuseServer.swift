@@ -1,0 +1,711 @@
+import CBranchFS
+import CFuse3
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the FUSE server finds the views it serves; BranchFS implements it.
+protocol ViewProvider: AnyObject, Sendable {
+    /// The view of branch `id` when its path is live (main and active branches).
+    func view(named id: String) -> View?
+    /// Names listed at the mount root.
+    func liveBranchIDs() -> [String]
+}
+
+/// An open file: the fd in the layer that holds it (the upper once opened for writing).
+final class FileHandle {
+    let fd: Int32
+    let view: View
+    let writable: Bool
+    init(fd: Int32, view: View, writable: Bool) { self.fd = fd; self.view = view; self.writable = writable }
+    deinit { close(fd) }
+}
+
+/// An open directory: its merged listing, taken at opendir.
+final class DirHandle {
+    let entries: [(name: String, ino: UInt64, type: UInt8)]
+    init(_ entries: [(name: String, ino: UInt64, type: UInt8)]) { self.entries = entries }
+}
+
+/// The libfuse low-level adapter: one session serves every branch at `<mount>/<id>/`.
+/// Each handler is short: find the node, check the branch may do it, call the view, reply.
+/// Caches: the kernel may keep entries, attributes and pages for an hour, because every change
+/// to a view either goes through these handlers (the kernel sees it) or comes from a commit,
+/// which invalidates exactly the paths it changed.
+final class FuseServer: @unchecked Sendable {
+    static let rootIno: UInt64 = 1
+    /// Entry/attribute cache lifetime for branches (changes are invalidated precisely).
+    static let branchTimeout = 3600.0
+    /// The workspace can be changed behind our back: keep its cache short.
+    static let mainTimeout = 1.0
+
+    weak var provider: (any ViewProvider)?
+    let mountPoint: String
+    /// Shared by every handler, exclusive while a commit rewrites layers.
+    let tree = RWLock()
+    private let nodesLock = Mutex()
+    private var nodes: [UInt64: Node] = [:]
+    private struct ChildKey: Hashable { let parent: UInt64; let name: String }
+    private var children: [ChildKey: Node] = [:]
+    private var nextIno: UInt64 = 2
+    private let mountRoot: Node
+    private var session: OpaquePointer?
+    private var loopThread: pthread_t?
+    let uid = getuid()
+    /// The mount point's attributes, taken before mounting over it.
+    private var rootStat = stat()
+
+    init(mountPoint: String) {
+        self.mountPoint = mountPoint
+        mountRoot = Node(ino: Self.rootIno, view: nil, parent: nil, name: "", isDirectory: true)
+        nodes[Self.rootIno] = mountRoot
+    }
+
+    // MARK: - nodes
+
+    /// Registers the root node of a new view (kept for the life of the view).
+    func makeRoot(for view: View) -> Node {
+        nodesLock.locked {
+            let n = Node(ino: nextIno, view: view, parent: mountRoot, name: view.id, isDirectory: true)
+            nextIno += 1
+            nodes[n.ino] = n
+            return n
+        }
+    }
+
+    func dropRoot(of view: View) {
+        nodesLock.locked {
+            nodes = nodes.filter { $0.value.view !== view }
+            children = children.filter { $0.value.view !== view }
+        }
+    }
+
+    private func node(_ ino: UInt64) -> Node? { nodesLock.locked { nodes[ino] } }
+
+    /// The node for `name` in `parent`, created on first sight; counts one kernel lookup.
+    private func child(_ parent: Node, _ name: String, isDirectory: Bool, counted: Bool = true) -> Node {
+        nodesLock.locked {
+            let key = ChildKey(parent: parent.ino, name: name)
+            let n: Node
+            if let existing = children[key] { n = existing } else {
+                n = Node(ino: nextIno, view: parent.view, parent: parent, name: name, isDirectory: isDirectory)
+                nextIno += 1
+                nodes[n.ino] = n
+                children[key] = n
+            }
+            if counted { n.lookups += 1 }
+            return n
+        }
+    }
+
+    /// Detaches the node at `name` (deleted or replaced): later lookups make a new one.
+    private func detach(_ parent: Node, _ name: String) {
+        nodesLock.locked {
+            if let n = children.removeValue(forKey: ChildKey(parent: parent.ino, name: name)) {
+                n.parent = nil
+                n.generation = .max
+            }
+        }
+    }
+
+    private func move(_ parent: Node, _ name: String, to newParent: Node, _ newName: String) {
+        nodesLock.locked {
+            if let n = children.removeValue(forKey: ChildKey(parent: newParent.ino, name: newName)) {
+                n.parent = nil
+                n.generation = .max
+            }
+            if let n = children.removeValue(forKey: ChildKey(parent: parent.ino, name: name)) {
+                n.parent = newParent
+                n.name = newName
+                children[ChildKey(parent: newParent.ino, name: newName)] = n
+            }
+        }
+    }
+
+    private func forget(_ ino: UInt64, _ count: UInt64) {
+        nodesLock.locked {
+            guard let n = nodes[ino], n.view != nil, n !== n.view?.root else { return }
+            n.lookups = n.lookups > count ? n.lookups - count : 0
+            if n.lookups == 0 {
+                nodes[ino] = nil
+                if let p = n.parent, children[ChildKey(parent: p.ino, name: n.name)] === n {
+                    children[ChildKey(parent: p.ino, name: n.name)] = nil
+                }
+            }
+        }
+    }
+
+    /// Nodes of `view` known to the kernel whose path is `path` or lies under it.
+    func knownNode(in view: View, path: String) -> Node? {
+        nodesLock.locked {
+            var n: Node = view.root
+            for part in path.split(separator: "/") {
+                guard let c = children[ChildKey(parent: n.ino, name: String(part))] else { return nil }
+                n = c
+            }
+            return n
+        }
+    }
+
+    // MARK: - session
+
+    /// Mounts the session and starts the multithreaded loop on its own thread.
+    func start() throws(FSError) {
+        _ = mountPoint.withCString { lstat($0, &rootStat) }
+        var ops = fuse_lowlevel_ops()
+        Self.install(&ops)
+        let args = ["branchfs", "-o", "allow_other,default_permissions,fsname=branchfs,subtype=sbx"]
+        var cargs = args.map { strdup($0) }
+        defer { cargs.forEach { free($0) } }
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        guard let se = cbfs_session_new(Int32(cargs.count), &cargs, &ops, me) else { throw FSError(EINVAL, "fuse_session_new") }
+        guard fuse_session_mount(se, mountPoint) == 0 else {
+            fuse_session_destroy(se)
+            throw FSError(EIO, "mount FUSE at \(mountPoint)")
+        }
+        session = se
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(self).toOpaque()
+        pthread_create(&thread, nil, { arg in
+            let server = Unmanaged<FuseServer>.fromOpaque(arg!).takeRetainedValue()
+            _ = cbfs_session_loop_mt(server.session, 8)
+            return nil
+        }, box)
+        loopThread = thread
+    }
+
+    /// Unmounts (lazily, so a busy mount cannot block the daemon's stop) and joins the loop.
+    func stop() {
+        guard let se = session else { return }
+        fuse_session_exit(se)
+        fuse_session_unmount(se)
+        if let t = loopThread { pthread_join(t, nil) }
+        fuse_session_destroy(se)
+        session = nil
+        loopThread = nil
+    }
+
+    // MARK: - invalidation (called outside the tree lock: the kernel may need locks a handler holds)
+
+    func invalidateEntry(parent: UInt64, name: String) {
+        guard let se = session else { return }
+        _ = name.withCString { fuse_lowlevel_notify_inval_entry(se, parent, $0, name.utf8.count) }
+    }
+
+    func invalidateInode(_ ino: UInt64) {
+        guard let se = session else { return }
+        _ = fuse_lowlevel_notify_inval_inode(se, ino, 0, 0)
+    }
+
+    /// Drops every cached entry, attribute and page of `view` (it died or its layers moved).
+    func invalidateAll(of view: View) {
+        let known = nodesLock.locked { nodes.values.filter { $0.view === view } }
+        for n in known { invalidateInode(n.ino) }
+        invalidateEntry(parent: Self.rootIno, name: view.id)
+    }
+
+    /// Drops what the kernel caches for `paths` in `view`: the entry, the inode, the parent's listing.
+    func invalidate(paths: [String], in view: View) {
+        for path in paths {
+            let parentPath = path.parentPath
+            guard let parent = knownNode(in: view, path: parentPath) else { continue }
+            invalidateInode(parent.ino)
+            if let n = knownNode(in: view, path: path) { invalidateInode(n.ino) }
+            invalidateEntry(parent: parent.ino, name: path.lastComponent)
+        }
+    }
+
+    // MARK: - handler plumbing
+
+    static func server(_ req: fuse_req_t?) -> FuseServer {
+        Unmanaged<FuseServer>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
+    }
+
+    enum Access { case read, write }
+
+    /// Runs `body` for node `ino` of a live view, with the locks its access needs.
+    private func withNode<T>(_ ino: UInt64, _ access: Access, _ body: (Node, View) throws(FSError) -> T) throws(FSError) -> T {
+        guard let n = node(ino) else { throw FSError(ENOENT) }
+        guard let view = n.view else { throw FSError(access == .write ? EROFS : EPERM) }
+        if view.deadErrno != 0 { throw FSError(view.deadErrno) }
+        switch access {
+        case .read:
+            return try tree.reading { () throws(FSError) in try view.namespace.lockedThrowing { () throws(FSError) in try body(n, view) } }
+        case .write:
+            return try view.writeGate.reading { () throws(FSError) in
+                if view.deadErrno != 0 { throw FSError(view.deadErrno) }
+                if view.frozen { throw FSError(EROFS) }
+                return try tree.reading { () throws(FSError) in try view.namespace.lockedThrowing { () throws(FSError) in try body(n, view) } }
+            }
+        }
+    }
+
+    func timeout(_ view: View?) -> Double { view?.id == BranchStore.mainID ? Self.mainTimeout : Self.branchTimeout }
+
+    private func replyEntry(_ req: fuse_req_t?, _ n: Node, _ st: stat) {
+        var e = fuse_entry_param()
+        e.ino = n.ino
+        e.attr = st
+        e.attr_timeout = timeout(n.view)
+        e.entry_timeout = timeout(n.view)
+        fuse_reply_entry(req, &e)
+    }
+
+    private static func caller(_ req: fuse_req_t?) -> (uid: uid_t, gid: gid_t) {
+        let ctx = fuse_req_ctx(req)!.pointee
+        return (ctx.uid, ctx.gid)
+    }
+
+    /// New entries belong to the caller; a setgid directory passes its group on (POSIX).
+    private func ownNew(_ view: View, _ dir: Node, _ rel: String, _ req: fuse_req_t?) {
+        guard uid == 0 else { return }
+        var (u, g) = Self.caller(req)
+        if let ps = try? view.stat(dir), ps.st_mode & S_ISGID != 0 { g = ps.st_gid }
+        _ = fchownat(view.upper.fd, rel, u, g, AT_SYMLINK_NOFOLLOW)
+    }
+
+    static func run(_ req: fuse_req_t?, _ body: () throws(FSError) -> Void) {
+        do { try body() } catch { fuse_reply_err(req, error.errno) }
+    }
+
+    // MARK: - handlers
+
+    func lookup(_ req: fuse_req_t?, _ parentIno: UInt64, _ name: String) throws(FSError) {
+        if parentIno == Self.rootIno {
+            guard let view = provider?.view(named: name), view.deadErrno == 0 else { throw FSError(ENOENT) }
+            let st = try tree.reading { () throws(FSError) in try view.namespace.lockedThrowing { () throws(FSError) in try view.stat(view.root) } }
+            nodesLock.locked { view.root.lookups += 1 }
+            return replyEntry(req, view.root, st)
+        }
+        let found: (Node, stat)? = try withNode(parentIno, .read) { (dir, view) throws(FSError) in
+            try view.resolve(dir)
+            guard dir.isDirectory else { throw FSError(ENOTDIR) }
+            guard let p = view.probe(dir, name) else { return nil }
+            let n = child(dir, name, isDirectory: !p.dirLayers.isEmpty)
+            n.top = p.top
+            n.dirLayers = p.dirLayers
+            n.isDirectory = !p.dirLayers.isEmpty
+            n.generation = view.generation
+            return (n, p.st)
+        }
+        guard let (n, st) = found else {
+            // Negative entry, cached like the rest; a commit invalidates the names it adds.
+            var e = fuse_entry_param()
+            e.entry_timeout = timeout(node(parentIno)?.view)
+            fuse_reply_entry(req, &e)
+            return
+        }
+        replyEntry(req, n, st)
+    }
+
+    func getattr(_ req: fuse_req_t?, _ ino: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>?) throws(FSError) {
+        if ino == Self.rootIno {
+            var st = rootStat // never stat the mount point itself: that would call this handler
+            st.st_ino = ino_t(Self.rootIno)
+            st.st_mode = S_IFDIR | 0o755
+            st.st_nlink = 2
+            fuse_reply_attr(req, &st, 1)
+            return
+        }
+        var st = try withNode(ino, .read) { (n, view) throws(FSError) -> stat in
+            if let fi, let h = Self.handle(fi) as FileHandle? {
+                var st = stat()
+                guard fstat(h.fd, &st) == 0 else { throw .last("fstat") }
+                return st
+            }
+            return try view.stat(n)
+        }
+        fuse_reply_attr(req, &st, timeout(node(ino)?.view))
+    }
+
+    func setattr(_ req: fuse_req_t?, _ ino: UInt64, _ attr: UnsafeMutablePointer<stat>, _ toSet: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) throws(FSError) {
+        let a = attr.pointee
+        var st = try withNode(ino, .write) { (n, view) throws(FSError) -> stat in
+            try view.copyUp(n, data: !(toSet & FUSE_SET_ATTR_SIZE != 0 && a.st_size == 0))
+            let rel = View.at(n.path)
+            let fd = view.upper.fd
+            if toSet & FUSE_SET_ATTR_MODE != 0 {
+                guard fchmodat(fd, rel, a.st_mode & 0o7777, 0) == 0 else { throw .last("chmod") }
+            }
+            if toSet & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) != 0 {
+                let u = toSet & FUSE_SET_ATTR_UID != 0 ? a.st_uid : uid_t.max
+                let g = toSet & FUSE_SET_ATTR_GID != 0 ? a.st_gid : gid_t.max
+                guard fchownat(fd, rel, u, g, AT_SYMLINK_NOFOLLOW) == 0 else { throw .last("chown") }
+            }
+            if toSet & FUSE_SET_ATTR_SIZE != 0 {
+                if let fi, let h = Self.handle(fi) as FileHandle?, h.writable {
+                    guard ftruncate(h.fd, a.st_size) == 0 else { throw .last("ftruncate") }
+                } else {
+                    let f = openat(fd, rel, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
+                    guard f >= 0 else { throw .last("open for truncate") }
+                    defer { close(f) }
+                    guard ftruncate(f, a.st_size) == 0 else { throw .last("truncate") }
+                }
+            }
+            let timeBits = FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW
+            if toSet & timeBits != 0 {
+                var times = [timespec(tv_sec: 0, tv_nsec: CBFS_UTIME_OMIT), timespec(tv_sec: 0, tv_nsec: CBFS_UTIME_OMIT)]
+                if toSet & FUSE_SET_ATTR_ATIME_NOW != 0 { times[0].tv_nsec = CBFS_UTIME_NOW } else if toSet & FUSE_SET_ATTR_ATIME != 0 { times[0] = a.st_atim }
+                if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { times[1].tv_nsec = CBFS_UTIME_NOW } else if toSet & FUSE_SET_ATTR_MTIME != 0 { times[1] = a.st_mtim }
+                guard utimensat(fd, rel, &times, AT_SYMLINK_NOFOLLOW) == 0 else { throw .last("utimens") }
+            }
+            return try view.stat(n)
+        }
+        fuse_reply_attr(req, &st, timeout(node(ino)?.view))
+    }
+
+    func readlink(_ req: fuse_req_t?, _ ino: UInt64) throws(FSError) {
+        let target = try withNode(ino, .read) { (n, view) throws(FSError) -> String in
+            try view.resolve(n)
+            guard let t = Overlay.readlink(view.layers[n.top].fd, View.at(n.path)) else { throw .last("readlink") }
+            return t
+        }
+        fuse_reply_readlink(req, target)
+    }
+
+    /// Creates a new entry with `make(upperFD, rel, needsOpaque)` and replies with its entry.
+    private func createEntry(_ req: fuse_req_t?, _ parentIno: UInt64, _ name: String,
+                             _ make: (Int32, String, Bool) throws(FSError) -> Void) throws(FSError) {
+        let (n, st) = try withNode(parentIno, .write) { (dir, view) throws(FSError) -> (Node, stat) in
+            try view.resolve(dir)
+            guard dir.isDirectory else { throw FSError(ENOTDIR) }
+            if view.probe(dir, name) != nil { throw FSError(EEXIST) }
+            let hidden = try view.prepareNewEntry(dir, name)
+            let rel = dir.path.appending(component: name)
+            try make(view.upper.fd, rel, hidden)
+            ownNew(view, dir, rel, req)
+            detach(dir, name)
+            guard let st = Overlay.lstat(view.upper.fd, rel) else { throw .last("stat new entry") }
+            let n = child(dir, name, isDirectory: st.st_mode & S_IFMT == S_IFDIR)
+            n.top = 0
+            n.dirLayers = n.isDirectory ? [0] : []
+            n.generation = view.generation
+            return (n, st)
+        }
+        replyEntry(req, n, st)
+    }
+
+    func mknod(_ req: fuse_req_t?, _ parent: UInt64, _ name: String, _ mode: mode_t, _ rdev: UInt64) throws(FSError) {
+        try createEntry(req, parent, name) { (fd, rel, _) throws(FSError) in
+            guard cbfs_mknodat(fd, rel, mode, rdev) == 0 else { throw .last("mknod") }
+        }
+    }
+
+    func mkdir(_ req: fuse_req_t?, _ parent: UInt64, _ name: String, _ mode: mode_t) throws(FSError) {
+        try createEntry(req, parent, name) { (fd, rel, hidesLower) throws(FSError) in
+            guard mkdirat(fd, rel, mode) == 0 else { throw .last("mkdir") }
+            if hidesLower { try Overlay.setOpaque(fd, rel) }
+        }
+    }
+
+    func symlink(_ req: fuse_req_t?, _ target: String, _ parent: UInt64, _ name: String) throws(FSError) {
+        try createEntry(req, parent, name) { (fd, rel, _) throws(FSError) in
+            guard symlinkat(target, fd, rel) == 0 else { throw .last("symlink") }
+        }
+    }
+
+    func unlink(_ req: fuse_req_t?, _ parentIno: UInt64, _ name: String, directory: Bool) throws(FSError) {
+        try withNode(parentIno, .write) { (dir, view) throws(FSError) in
+            try view.resolve(dir)
+            guard let p = view.probe(dir, name) else { throw FSError(ENOENT) }
+            let isDir = !p.dirLayers.isEmpty
+            if directory && !isDir { throw FSError(ENOTDIR) }
+            if !directory && isDir { throw FSError(EISDIR) }
+            if directory {
+                let probeNode = Node(ino: 0, view: view, parent: dir, name: name, isDirectory: true)
+                probeNode.top = p.top
+                probeNode.dirLayers = p.dirLayers
+                probeNode.generation = view.generation
+                guard try view.list(probeNode).isEmpty else { throw FSError(ENOTEMPTY) }
+            }
+            try view.removeEntry(dir, name, directory: directory)
+            detach(dir, name)
+        }
+        fuse_reply_err(req, 0)
+    }
+
+    func rename(_ req: fuse_req_t?, _ parentIno: UInt64, _ name: String, _ newParentIno: UInt64, _ newName: String, _ flags: UInt32) throws(FSError) {
+        if flags & CBFS_RENAME_EXCHANGE != 0 { throw FSError(EINVAL) }
+        guard let dst = node(newParentIno) else { throw FSError(ENOENT) }
+        try withNode(parentIno, .write) { (src, view) throws(FSError) in
+            guard dst.view === view else { throw FSError(EXDEV) }
+            try view.resolve(src)
+            try view.resolve(dst)
+            guard let sp = view.probe(src, name) else { throw FSError(ENOENT) }
+            let srcIsDir = !sp.dirLayers.isEmpty
+            let tp = view.probe(dst, newName)
+            if let tp {
+                if flags & CBFS_RENAME_NOREPLACE != 0 { throw FSError(EEXIST) }
+                let targetIsDir = !tp.dirLayers.isEmpty
+                if srcIsDir && !targetIsDir { throw FSError(ENOTDIR) }
+                if !srcIsDir && targetIsDir { throw FSError(EISDIR) }
+                if src === dst && name == newName { return }
+                if targetIsDir {
+                    let t = Node(ino: 0, view: view, parent: dst, name: newName, isDirectory: true)
+                    t.top = tp.top; t.dirLayers = tp.dirLayers; t.generation = view.generation
+                    guard try view.list(t).isEmpty else { throw FSError(ENOTEMPTY) }
+                }
+            }
+            // Refuse moving a directory into itself.
+            if srcIsDir {
+                var a: Node? = dst
+                while let x = a, x.view != nil {
+                    if x.parent === src && x.name == name { throw FSError(EINVAL) }
+                    a = x.parent
+                }
+            }
+            try view.renameEntry(src, name, sp, to: dst, newName, targetExists: tp != nil)
+            move(src, name, to: dst, newName)
+        }
+        fuse_reply_err(req, 0)
+    }
+
+    func link(_ req: fuse_req_t?, _ ino: UInt64, _ newParentIno: UInt64, _ newName: String) throws(FSError) {
+        guard let src = node(ino), let dir = node(newParentIno), src.view === dir.view else { throw FSError(EXDEV) }
+        let (n, st) = try withNode(newParentIno, .write) { (dir, view) throws(FSError) -> (Node, stat) in
+            try view.resolve(src)
+            if src.isDirectory { throw FSError(EPERM) }
+            if view.probe(dir, newName) != nil { throw FSError(EEXIST) }
+            try view.copyUp(src)
+            _ = try view.prepareNewEntry(dir, newName)
+            let rel = dir.path.appending(component: newName)
+            guard linkat(view.upper.fd, src.path, view.upper.fd, rel, 0) == 0 else { throw .last("link") }
+            detach(dir, newName)
+            let n = child(dir, newName, isDirectory: false)
+            n.top = 0
+            n.generation = view.generation
+            guard let st = Overlay.lstat(view.upper.fd, rel) else { throw .last("stat link") }
+            return (n, st)
+        }
+        replyEntry(req, n, st)
+    }
+
+    static func handle<T: AnyObject>(_ fi: UnsafeMutablePointer<fuse_file_info>) -> T? {
+        let fh = cbfs_fi_fh(fi)
+        guard fh != 0, let p = UnsafeRawPointer(bitPattern: UInt(fh)) else { return nil }
+        return Unmanaged<AnyObject>.fromOpaque(p).takeUnretainedValue() as? T
+    }
+
+    private static func setHandle(_ fi: UnsafeMutablePointer<fuse_file_info>, _ h: AnyObject) {
+        cbfs_fi_set_fh(fi, UInt64(UInt(bitPattern: Unmanaged.passRetained(h).toOpaque())))
+    }
+
+    static func releaseHandle(_ fi: UnsafeMutablePointer<fuse_file_info>) {
+        let fh = cbfs_fi_fh(fi)
+        guard fh != 0, let p = UnsafeRawPointer(bitPattern: UInt(fh)) else { return }
+        Unmanaged<AnyObject>.fromOpaque(p).release()
+    }
+
+    private static let openMask = O_ACCMODE | O_APPEND | O_TRUNC | O_SYNC | O_DSYNC | O_NONBLOCK
+
+    func open(_ req: fuse_req_t?, _ ino: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
+        let flags = cbfs_fi_flags(fi)
+        let writing = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
+        let h = try withNode(ino, writing ? .write : .read) { (n, view) throws(FSError) -> (FileHandle, nlink_t) in
+            if writing { try view.copyUp(n, data: flags & O_TRUNC == 0) } else { try view.resolve(n) }
+            let layer = writing ? view.upper : view.layers[n.top]
+            let fd = openat(layer.fd, View.at(n.path), (flags & Self.openMask) | O_CLOEXEC | O_NOFOLLOW)
+            guard fd >= 0 else { throw .last("open") }
+            var st = stat()
+            fstat(fd, &st)
+            return (FileHandle(fd: fd, view: view, writable: writing), st.st_nlink)
+        }
+        // Hard-linked files get one kernel inode per name: their pages must not outlive an open.
+        cbfs_fi_set_cache(fi, h.1 == 1 ? 1 : 0, 0)
+        Self.setHandle(fi, h.0)
+        fuse_reply_open(req, fi)
+    }
+
+    func create(_ req: fuse_req_t?, _ parentIno: UInt64, _ name: String, _ mode: mode_t, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
+        let flags = cbfs_fi_flags(fi)
+        var handle: FileHandle?
+        let (n, st) = try withNode(parentIno, .write) { (dir, view) throws(FSError) -> (Node, stat) in
+            try view.resolve(dir)
+            guard dir.isDirectory else { throw FSError(ENOTDIR) }
+            if view.probe(dir, name) != nil { throw FSError(EEXIST) }
+            _ = try view.prepareNewEntry(dir, name)
+            let rel = dir.path.appending(component: name)
+            let fd = openat(view.upper.fd, rel, (flags & Self.openMask) | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
+            guard fd >= 0 else { throw .last("create") }
+            handle = FileHandle(fd: fd, view: view, writable: true)
+            ownNew(view, dir, rel, req)
+            detach(dir, name)
+            let n = child(dir, name, isDirectory: false)
+            n.top = 0
+            n.generation = view.generation
+            var st = stat()
+            fstat(fd, &st)
+            return (n, st)
+        }
+        var e = fuse_entry_param()
+        e.ino = n.ino
+        e.attr = st
+        e.attr_timeout = timeout(n.view)
+        e.entry_timeout = timeout(n.view)
+        cbfs_fi_set_cache(fi, 1, 0)
+        Self.setHandle(fi, handle!)
+        fuse_reply_create(req, &e, fi)
+    }
+
+    func read(_ req: fuse_req_t?, _ size: Int, _ off: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
+        guard let h = Self.handle(fi) as FileHandle? else { throw FSError(EBADF) }
+        if h.view.deadErrno != 0 { throw FSError(h.view.deadErrno) }
+        tree.reading { _ = cbfs_reply_fd(req, h.fd, size, off) }
+    }
+
+    func write(_ req: fuse_req_t?, _ buf: UnsafePointer<CChar>, _ size: Int, _ off: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
+        guard let h = Self.handle(fi) as FileHandle?, h.writable else { throw FSError(EBADF) }
+        let view = h.view
+        let n = try view.writeGate.reading { () throws(FSError) -> Int in
+            if view.deadErrno != 0 { throw FSError(view.deadErrno) }
+            if view.frozen { throw FSError(EROFS) }
+            let n = pwrite(h.fd, buf, size, off)
+            guard n >= 0 else { throw .last("write") }
+            return n
+        }
+        fuse_reply_write(req, n)
+    }
+
+    func fsync(_ req: fuse_req_t?, _ datasync: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
+        guard let h = Self.handle(fi) as FileHandle? else { throw FSError(EBADF) }
+        guard (datasync != 0 ? fdatasync(h.fd) : Glibc.fsync(h.fd)) == 0 else { throw .last("fsync") }
+        fuse_reply_err(req, 0)
+    }
+
+    func opendir(_ req: fuse_req_t?, _ ino: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
+        let entries: [(name: String, ino: UInt64, type: UInt8)]
+        if ino == Self.rootIno {
+            entries = (provider?.liveBranchIDs() ?? []).map { ($0, 0, UInt8(DT_DIR)) }
+            cbfs_fi_set_cache(fi, 0, 0)
+        } else {
+            entries = try withNode(ino, .read) { (n, view) throws(FSError) in
+                try view.resolve(n)
+                guard n.isDirectory else { throw FSError(ENOTDIR) }
+                return try view.list(n)
+            }
+            cbfs_fi_set_cache(fi, 1, 1)
+        }
+        Self.setHandle(fi, DirHandle([(".", 0, UInt8(DT_DIR)), ("..", 0, UInt8(DT_DIR))] + entries))
+        fuse_reply_open(req, fi)
+    }
+
+    func readdir(_ req: fuse_req_t?, _ size: Int, _ off: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
+        guard let h = Self.handle(fi) as DirHandle? else { throw FSError(EBADF) }
+        var buf = [CChar](repeating: 0, count: size)
+        var used = 0
+        var i = Int(off)
+        while i < h.entries.count {
+            let e = h.entries[i]
+            var st = stat()
+            st.st_ino = ino_t(e.ino == 0 ? UInt64(i + 1) : e.ino)
+            st.st_mode = mode_t(e.type) << 12
+            let need = buf.withUnsafeMutableBufferPointer { b in
+                fuse_add_direntry(req, b.baseAddress! + used, size - used, e.name, &st, off_t(i + 1))
+            }
+            if need > size - used { break }
+            used += need
+            i += 1
+        }
+        fuse_reply_buf(req, buf, used)
+    }
+
+    func statfs(_ req: fuse_req_t?, _ ino: UInt64) throws(FSError) {
+        let fd = node(ino)?.view?.upper.fd ?? AT_FDCWD
+        var sv = statvfs()
+        let r = fd == AT_FDCWD ? mountPoint.parentPath.withCString { statvfs($0, &sv) } : fstatvfs(fd, &sv)
+        guard r == 0 else { throw .last("statfs") }
+        fuse_reply_statfs(req, &sv)
+    }
+
+    func setxattr(_ req: fuse_req_t?, _ ino: UInt64, _ name: String, _ value: UnsafePointer<CChar>?, _ size: Int, _ flags: Int32) throws(FSError) {
+        if Overlay.isPrivateXattr(name) { throw FSError(EPERM) }
+        try withNode(ino, .write) { (n, view) throws(FSError) in
+            try view.copyUp(n)
+            let path = view.upper.path + "/" + n.path
+            guard lsetxattr(path, name, value, size, flags) == 0 else { throw .last("setxattr") }
+        }
+        fuse_reply_err(req, 0)
+    }
+
+    func removexattr(_ req: fuse_req_t?, _ ino: UInt64, _ name: String) throws(FSError) {
+        if Overlay.isPrivateXattr(name) { throw FSError(ENODATA) }
+        try withNode(ino, .write) { (n, view) throws(FSError) in
+            try view.copyUp(n)
+            guard lremovexattr(view.upper.path + "/" + n.path, name) == 0 else { throw .last("removexattr") }
+        }
+        fuse_reply_err(req, 0)
+    }
+
+    func getxattr(_ req: fuse_req_t?, _ ino: UInt64, _ name: String, _ size: Int) throws(FSError) {
+        if Overlay.isPrivateXattr(name) { throw FSError(ENODATA) }
+        let value = try withNode(ino, .read) { (n, view) throws(FSError) -> [UInt8] in
+            try view.resolve(n)
+            let path = view.layers[n.top].path + "/" + n.path
+            var buf = [UInt8](repeating: 0, count: size == 0 ? 65536 : size)
+            let len = lgetxattr(path, name, &buf, buf.count)
+            guard len >= 0 else { throw .last("getxattr") }
+            return Array(buf[0..<len])
+        }
+        if size == 0 { fuse_reply_xattr(req, value.count) } else { fuse_reply_buf(req, value, value.count) }
+    }
+
+    func listxattr(_ req: fuse_req_t?, _ ino: UInt64, _ size: Int) throws(FSError) {
+        let names = try withNode(ino, .read) { (n, view) throws(FSError) -> [UInt8] in
+            try view.resolve(n)
+            var buf = [UInt8](repeating: 0, count: 65536)
+            let len = llistxattr(view.layers[n.top].path + "/" + n.path, &buf, buf.count)
+            guard len >= 0 else { throw .last("listxattr") }
+            var out: [UInt8] = []
+            for part in buf[0..<len].split(separator: 0, omittingEmptySubsequences: true) {
+                if Overlay.isPrivateXattr(String(decoding: part, as: UTF8.self)) { continue }
+                out += part
+                out.append(0)
+            }
+            return out
+        }
+        if size == 0 { fuse_reply_xattr(req, names.count) } else if names.count > size { throw FSError(ERANGE) } else { fuse_reply_buf(req, names, names.count) }
+    }
+
+    // MARK: - the C table
+
+    static func cname(_ p: UnsafePointer<CChar>?) -> String { String(cString: p!) }
+
+    static func install(_ ops: inout fuse_lowlevel_ops) {
+        ops.`init` = { userdata, conn in cbfs_conn_configure(conn, 1 << 20) }
+        ops.lookup = { req, parent, name in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).lookup(req, parent, FuseServer.cname(name)) } }
+        ops.forget = { req, ino, n in FuseServer.server(req).forget(ino, n); fuse_reply_none(req) }
+        ops.forget_multi = { req, count, list in
+            let s = FuseServer.server(req)
+            for i in 0..<count { s.forget(list![i].ino, list![i].nlookup) }
+            fuse_reply_none(req)
+        }
+        ops.getattr = { req, ino, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).getattr(req, ino, fi) } }
+        ops.setattr = { req, ino, attr, toSet, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).setattr(req, ino, attr!, toSet, fi) } }
+        ops.readlink = { req, ino in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).readlink(req, ino) } }
+        ops.mknod = { req, parent, name, mode, rdev in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).mknod(req, parent, FuseServer.cname(name), mode, UInt64(rdev)) } }
+        ops.mkdir = { req, parent, name, mode in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).mkdir(req, parent, FuseServer.cname(name), mode) } }
+        ops.unlink = { req, parent, name in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).unlink(req, parent, FuseServer.cname(name), directory: false) } }
+        ops.rmdir = { req, parent, name in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).unlink(req, parent, FuseServer.cname(name), directory: true) } }
+        ops.symlink = { req, target, parent, name in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).symlink(req, FuseServer.cname(target), parent, FuseServer.cname(name)) } }
+        ops.rename = { req, p, n, np, nn, flags in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).rename(req, p, FuseServer.cname(n), np, FuseServer.cname(nn), flags) } }
+        ops.link = { req, ino, np, nn in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).link(req, ino, np, FuseServer.cname(nn)) } }
+        ops.open = { req, ino, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).open(req, ino, fi!) } }
+        ops.create = { req, parent, name, mode, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).create(req, parent, FuseServer.cname(name), mode, fi!) } }
+        ops.read = { req, _, size, off, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).read(req, size, off, fi!) } }
+        ops.write = { req, _, buf, size, off, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).write(req, buf!, size, off, fi!) } }
+        // Nothing to do on close: ENOSYS makes the kernel stop sending FLUSH at all.
+        ops.flush = { req, _, _ in fuse_reply_err(req, ENOSYS) }
+        ops.release = { req, _, fi in FuseServer.releaseHandle(fi!); fuse_reply_err(req, 0) }
+        ops.fsync = { req, _, datasync, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).fsync(req, datasync, fi!) } }
+        ops.opendir = { req, ino, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).opendir(req, ino, fi!) } }
+        ops.readdir = { req, _, size, off, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).readdir(req, size, off, fi!) } }
+        ops.releasedir = { req, _, fi in FuseServer.releaseHandle(fi!); fuse_reply_err(req, 0) }
+        ops.fsyncdir = { req, _, _, _ in fuse_reply_err(req, 0) }
+        ops.statfs = { req, ino in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).statfs(req, ino) } }
+        ops.setxattr = { req, ino, name, value, size, flags in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).setxattr(req, ino, FuseServer.cname(name), value, size, flags) } }
+        ops.getxattr = { req, ino, name, size in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).getxattr(req, ino, FuseServer.cname(name), size) } }
+        ops.listxattr = { req, ino, size in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).listxattr(req, ino, size) } }
+        ops.removexattr = { req, ino, name in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).removexattr(req, ino, FuseServer.cname(name)) } }
+    }
+}

@@ -1,0 +1,160 @@
+import CBranchFS
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A failed syscall inside a layer: the errno a FUSE handler replies with, plus what failed.
+struct FSError: Error, CustomStringConvertible {
+    let errno: Int32
+    let what: String
+    init(_ errno: Int32, _ what: String = "") { self.errno = errno; self.what = what }
+    static func last(_ what: String) -> FSError { FSError(Glibc.errno, what) }
+    var description: String { "\(what): \(String(cString: strerror(errno))) (errno \(errno))" }
+}
+
+/// The on-disk delta format, kernel overlayfs's own: a deleted name is a whiteout (a character
+/// device 0/0), a directory that hides everything below it carries the `user.overlay.opaque`
+/// xattr (the variant overlayfs honours inside a user namespace with `userxattr`). The same
+/// layers can therefore be stacked by the kernel.
+enum Overlay {
+    static let opaqueXattr = "user.overlay.opaque"
+    /// Xattr namespaces that belong to the format, never to the files in a branch.
+    static func isPrivateXattr(_ name: String) -> Bool {
+        name.hasPrefix("user.overlay.") || name.hasPrefix("trusted.overlay.")
+    }
+
+    static func isWhiteout(_ st: stat) -> Bool { cbfs_is_whiteout(st.st_mode, UInt64(st.st_rdev)) != 0 }
+
+    static func lstat(_ dirfd: Int32, _ rel: String) -> stat? {
+        var st = stat()
+        return fstatat(dirfd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 ? st : nil
+    }
+
+    static func isOpaque(_ dirfd: Int32, _ rel: String) -> Bool {
+        var v: UInt8 = 0
+        let fd = openat(dirfd, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return fgetxattr(fd, opaqueXattr, &v, 1) == 1 && v == UInt8(ascii: "y")
+    }
+
+    static func setOpaque(_ dirfd: Int32, _ rel: String) throws(FSError) {
+        let fd = openat(dirfd, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { throw .last("open \(rel)") }
+        defer { close(fd) }
+        guard fsetxattr(fd, opaqueXattr, "y", 1, 0) == 0 else { throw .last("set opaque on \(rel)") }
+    }
+
+    static func makeWhiteout(_ dirfd: Int32, _ rel: String) throws(FSError) {
+        guard cbfs_mknod_whiteout(dirfd, rel) == 0 else { throw .last("whiteout \(rel)") }
+    }
+
+    /// Removes `rel` under `dirfd` whatever it is, a whole tree included; a missing path is fine
+    /// (recovery replays removals).
+    static func removeTree(_ dirfd: Int32, _ rel: String) throws(FSError) {
+        guard let st = lstat(dirfd, rel) else { return }
+        if st.st_mode & S_IFMT != S_IFDIR {
+            guard unlinkat(dirfd, rel, 0) == 0 || errno == ENOENT else { throw .last("unlink \(rel)") }
+            return
+        }
+        for name in try listNames(dirfd, rel) { try removeTree(dirfd, rel + "/" + name) }
+        guard unlinkat(dirfd, rel, AT_REMOVEDIR) == 0 || errno == ENOENT else { throw .last("rmdir \(rel)") }
+    }
+
+    /// Entry names of directory `rel` (without `.` and `..`).
+    static func listNames(_ dirfd: Int32, _ rel: String) throws(FSError) -> [String] {
+        try listEntries(dirfd, rel).map(\.name)
+    }
+
+    static func listEntries(_ dirfd: Int32, _ rel: String) throws(FSError) -> [(name: String, type: UInt8, ino: UInt64)] {
+        let fd = openat(dirfd, rel.isEmpty ? "." : rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { throw .last("open directory \(rel)") }
+        guard let dir = fdopendir(fd) else { close(fd); throw .last("fdopendir \(rel)") }
+        defer { closedir(dir) }
+        var out: [(String, UInt8, UInt64)] = []
+        while let e = readdir(dir) {
+            let name = withUnsafePointer(to: e.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+            if name == "." || name == ".." { continue }
+            out.append((name, e.pointee.d_type, UInt64(e.pointee.d_ino)))
+        }
+        return out
+    }
+
+    /// Copies the xattrs of `src` onto `dst` (both fds), skipping the format's own.
+    static func copyXattrs(from src: Int32, to dst: Int32) {
+        var names = [CChar](repeating: 0, count: 65536)
+        let n = flistxattr(src, &names, names.count)
+        guard n > 0 else { return }
+        var value = [UInt8](repeating: 0, count: 65536)
+        var start = 0
+        for i in 0..<n where names[i] == 0 {
+            let name = names[start..<i].withUnsafeBufferPointer { String(decoding: UnsafeRawBufferPointer($0), as: UTF8.self) }
+            start = i + 1
+            if isPrivateXattr(name) { continue }
+            let len = fgetxattr(src, name, &value, value.count)
+            if len >= 0 { _ = fsetxattr(dst, name, value, len, 0) }
+        }
+    }
+
+    /// Sets owner, mode and times of `rel` (no symlink following) to those of `st`.
+    static func applyMetadata(_ dirfd: Int32, _ rel: String, _ st: stat) {
+        _ = fchownat(dirfd, rel, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW)
+        if st.st_mode & S_IFMT != S_IFLNK { _ = fchmodat(dirfd, rel, st.st_mode & 0o7777, 0) }
+        var times = [st.st_atim, st.st_mtim]
+        _ = utimensat(dirfd, rel, &times, AT_SYMLINK_NOFOLLOW)
+    }
+
+    /// Copies one non-directory entry `srcRel` of `srcDir` to `dstRel` of `dstDir` with its data
+    /// (copy_file_range), owner, mode, times and xattrs. `dstRel` must not exist.
+    static func copyEntry(_ srcDir: Int32, _ srcRel: String, _ st: stat, to dstDir: Int32, _ dstRel: String, data: Bool = true) throws(FSError) {
+        switch st.st_mode & S_IFMT {
+        case S_IFREG:
+            let src = openat(srcDir, srcRel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+            guard src >= 0 else { throw .last("open \(srcRel)") }
+            defer { close(src) }
+            let dst = openat(dstDir, dstRel, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 0o7777)
+            guard dst >= 0 else { throw .last("create \(dstRel)") }
+            defer { close(dst) }
+            if data {
+                let r = cbfs_copy_data(src, dst, UInt64(st.st_size))
+                guard r == 0 else { unlinkat(dstDir, dstRel, 0); throw FSError(-r, "copy \(srcRel)") }
+            }
+            copyXattrs(from: src, to: dst)
+        case S_IFLNK:
+            guard let target = readlink(srcDir, srcRel) else { throw .last("readlink \(srcRel)") }
+            guard symlinkat(target, dstDir, dstRel) == 0 else { throw .last("symlink \(dstRel)") }
+        case S_IFDIR:
+            guard mkdirat(dstDir, dstRel, st.st_mode & 0o7777) == 0 else { throw .last("mkdir \(dstRel)") }
+            let src = openat(srcDir, srcRel, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+            let dst = openat(dstDir, dstRel, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+            if src >= 0 && dst >= 0 { copyXattrs(from: src, to: dst) }
+            if src >= 0 { close(src) }
+            if dst >= 0 { close(dst) }
+        default: // FIFOs, sockets, device nodes (whiteouts included)
+            guard cbfs_mknodat(dstDir, dstRel, st.st_mode, UInt64(st.st_rdev)) == 0 else { throw .last("mknod \(dstRel)") }
+        }
+        applyMetadata(dstDir, dstRel, st)
+    }
+
+    static func readlink(_ dirfd: Int32, _ rel: String) -> String? {
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlinkat(dirfd, rel, &buf, buf.count - 1)
+        guard n >= 0 else { return nil }
+        buf[n] = 0
+        return String(cString: buf)
+    }
+
+    static func openDirectory(_ path: String) throws(FSError) -> Int32 {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw .last("open \(path)") }
+        return fd
+    }
+}
+
+extension String {
+    /// `a/b` + `c` = `a/b/c`; the layer root is the empty path.
+    func appending(component name: String) -> String { isEmpty ? name : self + "/" + name }
+    var parentPath: String { lastIndex(of: "/").map { String(self[..<$0]) } ?? "" }
+    var lastComponent: String { lastIndex(of: "/").map { String(self[index(after: $0)...]) } ?? self }
+}

@@ -1,0 +1,132 @@
+import XCTest
+@testable import BranchFS
+
+/// DESIGN §5, one promise per test, through the real FUSE mount.
+final class BranchSemanticsTests: BranchFSTestCase {
+    func testABranchShowsTheWorkspaceAndKeepsItsWritesToItself() throws {
+        let a = try branch(), b = try branch()
+        XCTAssertEqual(get(path(a) + "/README"), "hello\n")
+        try put(path(a) + "/README", "from a\n")
+        try put(path(a) + "/new.txt", "new\n")
+        XCTAssertEqual(get(path(a) + "/README"), "from a\n")
+        XCTAssertEqual(get(path(b) + "/README"), "hello\n", "a sibling does not see a's writes")
+        XCTAssertFalse(exists(path(b) + "/new.txt"))
+        XCTAssertEqual(get(workspace + "/README"), "hello\n", "the workspace is untouched until commit")
+    }
+
+    func testAParentWithLiveChildrenIsFrozen() throws {
+        _ = try branch()
+        XCTAssertEqual(writeErrno(path("main") + "/README"), EROFS)
+        XCTAssertEqual(get(workspace + "/README"), "hello\n")
+    }
+
+    func testFirstCommitWinsAndTheSiblingIsStaleAndRefused() throws {
+        let a = try branch(), b = try branch()
+        try put(path(a) + "/README", "a wins\n")
+        try put(path(b) + "/README", "b loses\n")
+        let r = try fs.commit(a)
+        XCTAssertEqual(r.into, "main")
+        XCTAssertEqual(r.epoch, 1)
+        XCTAssertEqual(r.invalidated, [b])
+        XCTAssertEqual(get(workspace + "/README"), "a wins\n")
+        XCTAssertThrowsError(try fs.commit(b)) { e in
+            XCTAssertEqual(e as? BranchError, .conflict(b, winner: a))
+        }
+        XCTAssertEqual(writeErrno(path(b) + "/README"), ENOENT, "a dead branch's path is gone")
+        XCTAssertEqual(get(workspace + "/README"), "a wins\n")
+    }
+
+    func testAnOpenFileOfAnInvalidatedBranchFailsWithESTALE() throws {
+        let a = try branch(), b = try branch()
+        let fd = open(path(b) + "/README", O_RDWR)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        _ = try fs.commit(a)
+        XCTAssertEqual(write(fd, "late", 4), -1)
+        XCTAssertEqual(errno, ESTALE)
+    }
+
+    func testCommitCarriesDeletionsRenamesModesAndSymlinks() throws {
+        let a = try branch()
+        let p = path(a)
+        XCTAssertEqual(unlink(p + "/src/util.c"), 0)
+        XCTAssertEqual(rename(p + "/docs", p + "/manual"), 0)
+        XCTAssertEqual(chmod(p + "/README", 0o600), 0)
+        XCTAssertEqual(symlink("README", p + "/LINK"), 0)
+        XCTAssertEqual(symlink("/etc/passwd", p + "/abs"), 0)
+        XCTAssertEqual(mkfifo(p + "/fifo", 0o644), 0)
+        _ = try fs.commit(a)
+        XCTAssertFalse(exists(workspace + "/src/util.c"))
+        XCTAssertFalse(exists(workspace + "/docs"))
+        XCTAssertEqual(get(workspace + "/manual/a/b/deep.txt"), "deep\n")
+        var st = stat()
+        XCTAssertEqual(stat(workspace + "/README", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+        XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: workspace + "/LINK"), "README")
+        XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: workspace + "/abs"), "/etc/passwd")
+        XCTAssertEqual(lstat(workspace + "/fifo", &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFIFO)
+        XCTAssertEqual(get(workspace + "/src/main.c"), "int main(void) { return 0; }\n")
+    }
+
+    func testANestedBranchCommitsIntoItsParentThenTheParentIntoMain() throws {
+        let parent = try branch()
+        try put(path(parent) + "/p.txt", "parent\n")
+        let child = try branch(from: parent)
+        XCTAssertEqual(get(path(child) + "/p.txt"), "parent\n")
+        XCTAssertEqual(writeErrno(path(parent) + "/p.txt"), EROFS, "the parent is frozen while the child lives")
+        try put(path(child) + "/c.txt", "child\n")
+        XCTAssertEqual(unlink(path(child) + "/README"), 0)
+        XCTAssertThrowsError(try fs.commit(parent)) { e in XCTAssertEqual((e as? BranchError)?.kind, "frozen") }
+        let r = try fs.commit(child)
+        XCTAssertEqual(r.into, parent)
+        XCTAssertEqual(get(path(parent) + "/c.txt"), "child\n")
+        XCTAssertFalse(exists(path(parent) + "/README"))
+        XCTAssertTrue(exists(workspace + "/README"), "main is untouched by a commit into a branch")
+        _ = try fs.commit(parent)
+        XCTAssertEqual(get(workspace + "/c.txt"), "child\n")
+        XCTAssertEqual(get(workspace + "/p.txt"), "parent\n")
+        XCTAssertFalse(exists(workspace + "/README"))
+    }
+
+    func testAbortThrowsTheDeltaAwayAndUnfreezesTheParent() throws {
+        let a = try branch()
+        try put(path(a) + "/junk", "junk\n")
+        try fs.abort(a)
+        XCTAssertFalse(exists(path(a)))
+        XCTAssertFalse(exists(state + "/layers/" + a))
+        XCTAssertEqual(writeErrno(path("main") + "/fresh"), 0, "main is writable again")
+        XCTAssertEqual(get(workspace + "/fresh"), "x")
+    }
+
+    func testDiffListsAddedModifiedAndDeletedPaths() throws {
+        let a = try branch()
+        let p = path(a)
+        try put(p + "/README", "changed\n")
+        try put(p + "/added.txt", "new\n")
+        XCTAssertEqual(unlink(p + "/src/util.c"), 0)
+        let fd = open(p + "/src/main.c", O_RDWR) // opened for writing, left identical
+        close(fd)
+        let d = try fs.diff(a)
+        XCTAssertEqual(d, [
+            BranchChange(path: "README", kind: .modified),
+            BranchChange(path: "added.txt", kind: .added),
+            BranchChange(path: "src/util.c", kind: .deleted),
+        ])
+    }
+
+    func testBranchesAndTheirDeltasSurviveAReopen() throws {
+        let a = try branch()
+        try put(path(a) + "/kept.txt", "kept\n")
+        fs.close()
+        fs = try BranchFS(workspace: workspace, stateDirectory: state)
+        XCTAssertEqual(try fs.info(a).state, .active)
+        XCTAssertEqual(get(path(a) + "/kept.txt"), "kept\n")
+    }
+
+    func testForkCostDoesNotDependOnTreeSize() throws {
+        // O(1) by construction: a fork creates two empty directories, whatever the workspace holds.
+        let a = try branch()
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/layers/" + a), [])
+    }
+}
