@@ -87,7 +87,8 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     /// Forks `count` siblings of `parent`; O(1) each, whatever the size of the tree: a record
     /// and an empty upper directory. The parent becomes frozen.
     public func create(from parent: String = BranchStore.mainID, count: Int = 1) throws(BranchError) -> [Branch] {
-        try lock.lockedThrowing { () throws(BranchError) in
+        defer { server.invalidateInode(FuseServer.rootIno) } // the mount root's cached listing
+        return try lock.lockedThrowing { () throws(BranchError) in
             let made = try store.create(from: parent, count: count)
             for b in made {
                 for dir in [layerPath(b.id), workPath(b.id)] {
@@ -179,6 +180,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             server.invalidateAll(of: v)
             server.dropRoot(of: v)
         }
+        server.invalidateInode(FuseServer.rootIno)
         return result
     }
 
@@ -202,6 +204,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             server.invalidateAll(of: v)
             server.dropRoot(of: v)
         }
+        server.invalidateInode(FuseServer.rootIno)
     }
 
     // MARK: - views

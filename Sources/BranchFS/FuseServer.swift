@@ -22,12 +22,6 @@ final class FileHandle {
     deinit { close(fd) }
 }
 
-/// An open directory: its merged listing, taken at opendir.
-final class DirHandle {
-    let entries: [(name: String, ino: UInt64, type: UInt8)]
-    init(_ entries: [(name: String, ino: UInt64, type: UInt8)]) { self.entries = entries }
-}
-
 /// The libfuse low-level adapter: one session serves every branch at `<mount>/<id>/`.
 /// Each handler is short: find the node, check the branch may do it, call the view, reply.
 /// Caches: the kernel may keep entries, attributes and pages for an hour, because every change
@@ -74,10 +68,12 @@ final class FuseServer: @unchecked Sendable {
         }
     }
 
+    /// Forgets the nodes of a dead view that the kernel no longer references; the others answer
+    /// ESTALE until the kernel forgets them.
     func dropRoot(of view: View) {
         nodesLock.locked {
-            nodes = nodes.filter { $0.value.view !== view }
-            children = children.filter { $0.value.view !== view }
+            nodes = nodes.filter { $0.value.view !== view || $0.value.lookups > 0 }
+            children = children.filter { $0.value.view !== view || $0.value.lookups > 0 }
         }
     }
 
@@ -97,6 +93,16 @@ final class FuseServer: @unchecked Sendable {
             if counted { n.lookups += 1 }
             return n
         }
+    }
+
+    /// A file the kernel still knows about is losing its last name here: keep it open, so an
+    /// open-unlinked file stays readable and writable as POSIX promises.
+    private func keepOrphan(_ dir: Node, _ name: String, _ view: View) {
+        guard let n = nodesLock.locked({ children[ChildKey(parent: dir.ino, name: name)] }), n.lookups > 0,
+              !n.isDirectory, n.orphanFD < 0, (try? view.resolve(n)) != nil else { return }
+        let writable = n.top == 0
+        n.orphanFD = openat(view.layers[n.top].fd, View.at(n.path), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW)
+        n.orphanWritable = writable && n.orphanFD >= 0
     }
 
     /// Detaches the node at `name` (deleted or replaced): later lookups make a new one.
@@ -125,7 +131,7 @@ final class FuseServer: @unchecked Sendable {
 
     private func forget(_ ino: UInt64, _ count: UInt64) {
         nodesLock.locked {
-            guard let n = nodes[ino], n.view != nil, n !== n.view?.root else { return }
+            guard let n = nodes[ino], let view = n.view, n !== view.root || view.deadErrno != 0 else { return }
             n.lookups = n.lookups > count ? n.lookups - count : 0
             if n.lookups == 0 {
                 nodes[ino] = nil
@@ -309,9 +315,10 @@ final class FuseServer: @unchecked Sendable {
             return
         }
         var st = try withNode(ino, .read) { (n, view) throws(FSError) -> stat in
-            if let fi, let h = Self.handle(fi) as FileHandle? {
+            let fd = fi.flatMap { Self.handle($0) as FileHandle? }?.fd ?? n.orphanFD
+            if fd >= 0 {
                 var st = stat()
-                guard fstat(h.fd, &st) == 0 else { throw .last("fstat") }
+                guard fstat(fd, &st) == 0 else { throw .last("fstat") }
                 return st
             }
             return try view.stat(n)
@@ -322,6 +329,7 @@ final class FuseServer: @unchecked Sendable {
     func setattr(_ req: fuse_req_t?, _ ino: UInt64, _ attr: UnsafeMutablePointer<stat>, _ toSet: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) throws(FSError) {
         let a = attr.pointee
         var st = try withNode(ino, .write) { (n, view) throws(FSError) -> stat in
+            if n.orphanFD >= 0 { return try Self.setattrOrphan(n.orphanFD, a, toSet) }
             try view.copyUp(n, data: !(toSet & FUSE_SET_ATTR_SIZE != 0 && a.st_size == 0))
             let rel = View.at(n.path)
             let fd = view.upper.fd
@@ -353,6 +361,20 @@ final class FuseServer: @unchecked Sendable {
             return try view.stat(n)
         }
         fuse_reply_attr(req, &st, timeout(node(ino)?.view))
+    }
+
+    /// setattr of an unlinked, still open file: through its fd.
+    private static func setattrOrphan(_ fd: Int32, _ a: stat, _ toSet: Int32) throws(FSError) -> stat {
+        if toSet & FUSE_SET_ATTR_MODE != 0, fchmod(fd, a.st_mode & 0o7777) != 0 { throw .last("fchmod") }
+        if toSet & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) != 0 {
+            let u = toSet & FUSE_SET_ATTR_UID != 0 ? a.st_uid : uid_t.max
+            let g = toSet & FUSE_SET_ATTR_GID != 0 ? a.st_gid : gid_t.max
+            if fchown(fd, u, g) != 0 { throw .last("fchown") }
+        }
+        if toSet & FUSE_SET_ATTR_SIZE != 0, ftruncate(fd, a.st_size) != 0 { throw .last("ftruncate") }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw .last("fstat") }
+        return st
     }
 
     func readlink(_ req: fuse_req_t?, _ ino: UInt64) throws(FSError) {
@@ -419,6 +441,7 @@ final class FuseServer: @unchecked Sendable {
                 probeNode.generation = view.generation
                 guard try view.list(probeNode).isEmpty else { throw FSError(ENOTEMPTY) }
             }
+            if !directory { keepOrphan(dir, name, view) }
             try view.removeEntry(dir, name, directory: directory)
             detach(dir, name)
         }
@@ -455,6 +478,7 @@ final class FuseServer: @unchecked Sendable {
                     a = x.parent
                 }
             }
+            if let tp, tp.dirLayers.isEmpty { keepOrphan(dst, newName, view) }
             try view.renameEntry(src, name, sp, to: dst, newName, targetExists: tp != nil)
             move(src, name, to: dst, newName)
         }
@@ -497,24 +521,34 @@ final class FuseServer: @unchecked Sendable {
         Unmanaged<AnyObject>.fromOpaque(p).release()
     }
 
-    private static let openMask = O_ACCMODE | O_APPEND | O_TRUNC | O_SYNC | O_DSYNC | O_NONBLOCK
 
-    func open(_ req: fuse_req_t?, _ ino: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
-        let flags = cbfs_fi_flags(fi)
-        let writing = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
-        let h = try withNode(ino, writing ? .write : .read) { (n, view) throws(FSError) -> (FileHandle, nlink_t) in
-            if writing { try view.copyUp(n, data: flags & O_TRUNC == 0) } else { try view.resolve(n) }
-            let layer = writing ? view.upper : view.layers[n.top]
-            let fd = openat(layer.fd, View.at(n.path), (flags & Self.openMask) | O_CLOEXEC | O_NOFOLLOW)
+    /// The fd to read node `ino` through: its orphan fd once unlinked, else its topmost layer's file.
+    private func readFD(_ ino: UInt64) throws(FSError) -> (fd: Int32, owned: Bool) {
+        try withNode(ino, .read) { (n, view) throws(FSError) in
+            if n.orphanFD >= 0 { return (n.orphanFD, false) }
+            try view.resolve(n)
+            let fd = openat(view.layers[n.top].fd, View.at(n.path), O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
             guard fd >= 0 else { throw .last("open") }
-            var st = stat()
-            fstat(fd, &st)
-            return (FileHandle(fd: fd, view: view, writable: writing), st.st_nlink)
+            return (fd, true)
         }
-        // Hard-linked files get one kernel inode per name: their pages must not outlive an open.
-        cbfs_fi_set_cache(fi, h.1 == 1 ? 1 : 0, 0)
-        Self.setHandle(fi, h.0)
-        fuse_reply_open(req, fi)
+    }
+
+    /// Runs `body` with a writable fd on node `ino` in the upper, copying it up first.
+    private func withWritableFD<T>(_ ino: UInt64, _ body: (Int32) throws(FSError) -> T) throws(FSError) -> T {
+        let (fd, owned) = try withNode(ino, .write) { (n, view) throws(FSError) -> (Int32, Bool) in
+            if n.orphanFD >= 0 && n.orphanWritable { return (n.orphanFD, false) }
+            try view.copyUp(n)
+            let fd = openat(view.upper.fd, View.at(n.path), O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
+            guard fd >= 0 else { throw .last("open for write") }
+            return (fd, true)
+        }
+        defer { if owned { close(fd) } }
+        guard let view = node(ino)?.view else { throw FSError(ESTALE) }
+        return try view.writeGate.reading { () throws(FSError) -> T in
+            if view.deadErrno != 0 { throw FSError(view.deadErrno) }
+            if view.frozen { throw FSError(EROFS) }
+            return try body(fd)
+        }
     }
 
     func create(_ req: fuse_req_t?, _ parentIno: UInt64, _ name: String, _ mode: mode_t, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
@@ -526,7 +560,8 @@ final class FuseServer: @unchecked Sendable {
             if view.probe(dir, name) != nil { throw FSError(EEXIST) }
             _ = try view.prepareNewEntry(dir, name)
             let rel = dir.path.appending(component: name)
-            let fd = openat(view.upper.fd, rel, (flags & Self.openMask) | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
+            // Read-write whatever the caller asked: the kernel only sends what its open allows.
+            let fd = openat(view.upper.fd, rel, (flags & (O_APPEND | O_SYNC | O_DSYNC)) | O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
             guard fd >= 0 else { throw .last("create") }
             handle = FileHandle(fd: fd, view: view, writable: true)
             ownNew(view, dir, rel, req)
@@ -548,55 +583,65 @@ final class FuseServer: @unchecked Sendable {
         fuse_reply_create(req, &e, fi)
     }
 
-    func read(_ req: fuse_req_t?, _ size: Int, _ off: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
-        guard let h = Self.handle(fi) as FileHandle? else { throw FSError(EBADF) }
-        if h.view.deadErrno != 0 { throw FSError(h.view.deadErrno) }
-        tree.reading { _ = cbfs_reply_fd(req, h.fd, size, off) }
+    func read(_ req: fuse_req_t?, _ ino: UInt64, _ size: Int, _ off: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) throws(FSError) {
+        if let fi, let h = Self.handle(fi) as FileHandle? {
+            if h.view.deadErrno != 0 { throw FSError(h.view.deadErrno) }
+            _ = cbfs_reply_fd(req, h.fd, size, off)
+            return
+        }
+        let (fd, owned) = try readFD(ino)
+        defer { if owned { close(fd) } }
+        _ = cbfs_reply_fd(req, fd, size, off)
     }
 
-    func write(_ req: fuse_req_t?, _ buf: UnsafePointer<CChar>, _ size: Int, _ off: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
-        guard let h = Self.handle(fi) as FileHandle?, h.writable else { throw FSError(EBADF) }
-        let view = h.view
-        let n = try view.writeGate.reading { () throws(FSError) -> Int in
-            if view.deadErrno != 0 { throw FSError(view.deadErrno) }
-            if view.frozen { throw FSError(EROFS) }
-            let n = pwrite(h.fd, buf, size, off)
+    func write(_ req: fuse_req_t?, _ ino: UInt64, _ buf: UnsafePointer<CChar>, _ size: Int, _ off: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) throws(FSError) {
+        let put = { (fd: Int32) throws(FSError) -> Int in
+            let n = pwrite(fd, buf, size, off)
             guard n >= 0 else { throw .last("write") }
             return n
         }
-        fuse_reply_write(req, n)
+        if let fi, let h = Self.handle(fi) as FileHandle?, h.writable {
+            let view = h.view
+            let n = try view.writeGate.reading { () throws(FSError) -> Int in
+                if view.deadErrno != 0 { throw FSError(view.deadErrno) }
+                if view.frozen { throw FSError(EROFS) }
+                return try put(h.fd)
+            }
+            fuse_reply_write(req, n)
+            return
+        }
+        fuse_reply_write(req, try withWritableFD(ino, put))
     }
 
-    func fsync(_ req: fuse_req_t?, _ datasync: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
-        guard let h = Self.handle(fi) as FileHandle? else { throw FSError(EBADF) }
-        guard (datasync != 0 ? fdatasync(h.fd) : Glibc.fsync(h.fd)) == 0 else { throw .last("fsync") }
+    func fsync(_ req: fuse_req_t?, _ ino: UInt64, _ datasync: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) throws(FSError) {
+        let sync = { (fd: Int32) throws(FSError) in
+            guard (datasync != 0 ? fdatasync(fd) : Glibc.fsync(fd)) == 0 else { throw .last("fsync") }
+        }
+        if let fi, let h = Self.handle(fi) as FileHandle? { try sync(h.fd) } else {
+            let (fd, owned) = try readFD(ino)
+            defer { if owned { close(fd) } }
+            try sync(fd)
+        }
         fuse_reply_err(req, 0)
     }
 
-    func opendir(_ req: fuse_req_t?, _ ino: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
+    func readdir(_ req: fuse_req_t?, _ ino: UInt64, _ size: Int, _ off: off_t) throws(FSError) {
         let entries: [(name: String, ino: UInt64, type: UInt8)]
         if ino == Self.rootIno {
             entries = (provider?.liveBranchIDs() ?? []).map { ($0, 0, UInt8(DT_DIR)) }
-            cbfs_fi_set_cache(fi, 0, 0)
         } else {
             entries = try withNode(ino, .read) { (n, view) throws(FSError) in
                 try view.resolve(n)
                 guard n.isDirectory else { throw FSError(ENOTDIR) }
                 return try view.list(n)
             }
-            cbfs_fi_set_cache(fi, 1, 1)
         }
-        Self.setHandle(fi, DirHandle([(".", 0, UInt8(DT_DIR)), ("..", 0, UInt8(DT_DIR))] + entries))
-        fuse_reply_open(req, fi)
-    }
-
-    func readdir(_ req: fuse_req_t?, _ size: Int, _ off: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
-        guard let h = Self.handle(fi) as DirHandle? else { throw FSError(EBADF) }
+        let all = [(name: ".", ino: UInt64(0), type: UInt8(DT_DIR)), (name: "..", ino: UInt64(0), type: UInt8(DT_DIR))] + entries
         var buf = [CChar](repeating: 0, count: size)
         var used = 0
         var i = Int(off)
-        while i < h.entries.count {
-            let e = h.entries[i]
+        while i < all.count {
+            let e = all[i]
             var st = stat()
             st.st_ino = ino_t(e.ino == 0 ? UInt64(i + 1) : e.ino)
             st.st_mode = mode_t(e.type) << 12
@@ -690,17 +735,17 @@ final class FuseServer: @unchecked Sendable {
         ops.symlink = { req, target, parent, name in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).symlink(req, FuseServer.cname(target), parent, FuseServer.cname(name)) } }
         ops.rename = { req, p, n, np, nn, flags in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).rename(req, p, FuseServer.cname(n), np, FuseServer.cname(nn), flags) } }
         ops.link = { req, ino, np, nn in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).link(req, ino, np, FuseServer.cname(nn)) } }
-        ops.open = { req, ino, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).open(req, ino, fi!) } }
+        ops.open = { req, _, _ in fuse_reply_err(req, ENOSYS) }
         ops.create = { req, parent, name, mode, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).create(req, parent, FuseServer.cname(name), mode, fi!) } }
-        ops.read = { req, _, size, off, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).read(req, size, off, fi!) } }
-        ops.write = { req, _, buf, size, off, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).write(req, buf!, size, off, fi!) } }
+        ops.read = { req, ino, size, off, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).read(req, ino, size, off, fi) } }
+        ops.write = { req, ino, buf, size, off, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).write(req, ino, buf!, size, off, fi) } }
         // Nothing to do on close: ENOSYS makes the kernel stop sending FLUSH at all.
         ops.flush = { req, _, _ in fuse_reply_err(req, ENOSYS) }
-        ops.release = { req, _, fi in FuseServer.releaseHandle(fi!); fuse_reply_err(req, 0) }
-        ops.fsync = { req, _, datasync, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).fsync(req, datasync, fi!) } }
-        ops.opendir = { req, ino, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).opendir(req, ino, fi!) } }
-        ops.readdir = { req, _, size, off, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).readdir(req, size, off, fi!) } }
-        ops.releasedir = { req, _, fi in FuseServer.releaseHandle(fi!); fuse_reply_err(req, 0) }
+        ops.release = { req, _, fi in if let fi { FuseServer.releaseHandle(fi) }; fuse_reply_err(req, 0) }
+        ops.fsync = { req, ino, datasync, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).fsync(req, ino, datasync, fi) } }
+        // Zero-message opendir too: the kernel then caches listings (FOPEN_CACHE_DIR).
+        ops.opendir = { req, _, _ in fuse_reply_err(req, ENOSYS) }
+        ops.readdir = { req, ino, size, off, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).readdir(req, ino, size, off) } }
         ops.fsyncdir = { req, _, _, _ in fuse_reply_err(req, 0) }
         ops.statfs = { req, ino in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).statfs(req, ino) } }
         ops.setxattr = { req, ino, name, value, size, flags in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).setxattr(req, ino, FuseServer.cname(name), value, size, flags) } }

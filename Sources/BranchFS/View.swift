@@ -30,6 +30,11 @@ final class Node: @unchecked Sendable {
     /// For directories: every layer whose directory merges into this one, top down.
     var dirLayers: [Int] = []
     var isDirectory: Bool
+    /// An unlinked file the kernel still has open: served through this fd from then on.
+    var orphanFD: Int32 = -1
+    var orphanWritable = false
+
+    deinit { if orphanFD >= 0 { close(orphanFD) } }
 
     init(ino: UInt64, view: View?, parent: Node?, name: String, isDirectory: Bool) {
         self.ino = ino

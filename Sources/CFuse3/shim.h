@@ -35,7 +35,8 @@ static inline void cbfs_conn_configure(struct fuse_conn_info *conn, unsigned max
     if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
     if (conn->capable & FUSE_CAP_SPLICE_READ) conn->want |= FUSE_CAP_SPLICE_READ;
     if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
-    conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA;
+    // The workspace (main) can change behind our back: drop its pages when its mtime moves.
+    if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
     conn->want &= ~(unsigned)FUSE_CAP_READDIRPLUS;
     conn->max_write = max_write;
     conn->max_readahead = max_write;
