@@ -42,6 +42,9 @@ final class FuseServer: @unchecked Sendable {
     private var nodes: [UInt64: Node] = [:]
     private struct ChildKey: Hashable { let parent: UInt64; let name: String }
     private var children: [ChildKey: Node] = [:]
+    private struct HardKey: Hashable { let view: ObjectIdentifier; let ino: UInt64 }
+    /// Upper files with several names, by inode: the node that serves all of them.
+    private var hardlinks: [HardKey: Node] = [:]
     private var nextIno: UInt64 = 2
     private let mountRoot: Node
     private var session: OpaquePointer?
@@ -99,7 +102,7 @@ final class FuseServer: @unchecked Sendable {
     /// open-unlinked file stays readable and writable as POSIX promises.
     private func keepOrphan(_ dir: Node, _ name: String, _ view: View) {
         guard let n = nodesLock.locked({ children[ChildKey(parent: dir.ino, name: name)] }), n.lookups > 0,
-              !n.isDirectory, n.orphanFD < 0, (try? view.resolve(n)) != nil else { return }
+              !n.isDirectory, n.aliases.isEmpty, n.orphanFD < 0, (try? view.resolve(n)) != nil else { return }
         let writable = n.top == 0
         n.orphanFD = openat(view.layers[n.top].fd, View.at(n.path), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW)
         n.orphanWritable = writable && n.orphanFD >= 0
@@ -107,26 +110,62 @@ final class FuseServer: @unchecked Sendable {
 
     /// Detaches the node at `name` (deleted or replaced): later lookups make a new one.
     private func detach(_ parent: Node, _ name: String) {
-        nodesLock.locked {
-            if let n = children.removeValue(forKey: ChildKey(parent: parent.ino, name: name)) {
+        nodesLock.locked { _ = dropName(parent, name) }
+    }
+
+    /// Removes one name of a node (caller holds nodesLock). A hard-linked node keeps serving
+    /// through its other names; a node left without names is detached.
+    private func dropName(_ parent: Node, _ name: String) -> Node? {
+        guard let n = children.removeValue(forKey: ChildKey(parent: parent.ino, name: name)) else { return nil }
+        if n.parent === parent && n.name == name {
+            if n.aliases.isEmpty {
                 n.parent = nil
                 n.generation = .max
+                hardlinks = hardlinks.filter { $0.value !== n }
+            } else {
+                let next = n.aliases.removeFirst()
+                n.parent = next.parent
+                n.name = next.name
             }
+        } else {
+            n.aliases.removeAll { $0.parent === parent && $0.name == name }
         }
+        return n
     }
 
     private func move(_ parent: Node, _ name: String, to newParent: Node, _ newName: String) {
         nodesLock.locked {
-            if let n = children.removeValue(forKey: ChildKey(parent: newParent.ino, name: newName)) {
-                n.parent = nil
-                n.generation = .max
-            }
+            _ = dropName(newParent, newName)
             if let n = children.removeValue(forKey: ChildKey(parent: parent.ino, name: name)) {
-                n.parent = newParent
-                n.name = newName
+                if n.parent === parent && n.name == name {
+                    n.parent = newParent
+                    n.name = newName
+                } else if let i = n.aliases.firstIndex(where: { $0.parent === parent && $0.name == name }) {
+                    n.aliases[i] = (newParent, newName)
+                }
                 children[ChildKey(parent: newParent.ino, name: newName)] = n
             }
         }
+    }
+
+    /// Hard links share one node (one kernel inode, so one page cache): the node a file of the
+    /// upper with several names already has, now also known under `name` in `dir`.
+    private func hardlinkNode(_ view: View, _ st: stat, _ dir: Node, _ name: String, counted: Bool = true) -> Node? {
+        nodesLock.locked {
+            guard let n = hardlinks[HardKey(view: ObjectIdentifier(view), ino: UInt64(st.st_ino))], n.parent != nil else { return nil }
+            let key = ChildKey(parent: dir.ino, name: name)
+            if children[key] !== n {
+                _ = dropName(dir, name)
+                children[key] = n
+                if !(n.parent === dir && n.name == name) { n.aliases.append((dir, name)) }
+            }
+            if counted { n.lookups += 1 }
+            return n
+        }
+    }
+
+    private func registerHardlink(_ view: View, _ st: stat, _ n: Node) {
+        nodesLock.locked { hardlinks[HardKey(view: ObjectIdentifier(view), ino: UInt64(st.st_ino))] = n }
     }
 
     private func forget(_ ino: UInt64, _ count: UInt64) {
@@ -135,8 +174,12 @@ final class FuseServer: @unchecked Sendable {
             n.lookups = n.lookups > count ? n.lookups - count : 0
             if n.lookups == 0 {
                 nodes[ino] = nil
-                if let p = n.parent, children[ChildKey(parent: p.ino, name: n.name)] === n {
-                    children[ChildKey(parent: p.ino, name: n.name)] = nil
+                for (p, name) in (n.parent.map { [($0, n.name)] } ?? []) + n.aliases
+                where children[ChildKey(parent: p.ino, name: name)] === n {
+                    children[ChildKey(parent: p.ino, name: name)] = nil
+                }
+                if !n.aliases.isEmpty || hardlinks.values.contains(where: { $0 === n }) {
+                    hardlinks = hardlinks.filter { $0.value !== n }
                 }
             }
         }
@@ -288,7 +331,10 @@ final class FuseServer: @unchecked Sendable {
             try view.resolve(dir)
             guard dir.isDirectory else { throw FSError(ENOTDIR) }
             guard let p = view.probe(dir, name) else { return nil }
+            let linked = p.top == 0 && p.dirLayers.isEmpty && p.st.st_nlink > 1
+            if linked, let n = hardlinkNode(view, p.st, dir, name) { return (n, p.st) }
             let n = child(dir, name, isDirectory: !p.dirLayers.isEmpty)
+            if linked { registerHardlink(view, p.st, n) }
             n.top = p.top
             n.dirLayers = p.dirLayers
             n.isDirectory = !p.dirLayers.isEmpty
@@ -495,11 +541,9 @@ final class FuseServer: @unchecked Sendable {
             _ = try view.prepareNewEntry(dir, newName)
             let rel = dir.path.appending(component: newName)
             guard linkat(view.upper.fd, src.path, view.upper.fd, rel, 0) == 0 else { throw .last("link") }
-            detach(dir, newName)
-            let n = child(dir, newName, isDirectory: false)
-            n.top = 0
-            n.generation = view.generation
             guard let st = Overlay.lstat(view.upper.fd, rel) else { throw .last("stat link") }
+            registerHardlink(view, st, src)
+            guard let n = hardlinkNode(view, st, dir, newName) else { throw FSError(ESTALE) }
             return (n, st)
         }
         replyEntry(req, n, st)

@@ -33,6 +33,8 @@ final class Node: @unchecked Sendable {
     /// An unlinked file the kernel still has open: served through this fd from then on.
     var orphanFD: Int32 = -1
     var orphanWritable = false
+    /// Further names of a hard-linked file (the first name is parent/name).
+    var aliases: [(parent: Node, name: String)] = []
 
     deinit { if orphanFD >= 0 { close(orphanFD) } }
 

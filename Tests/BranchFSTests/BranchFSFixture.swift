@@ -33,11 +33,11 @@ class BranchFSTestCase: XCTestCase {
         try put(workspace + "/docs/a/b/deep.txt", "deep\n")
     }
 
+    /// Writes `text` in place (open, truncate, write), creating parent directories.
     func put(_ path: String, _ text: String) throws {
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8)) else {
-            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
-        }
+        let e = writeErrno(path, text)
+        guard e == 0 else { throw POSIXError(POSIXErrorCode(rawValue: e) ?? .EIO) }
     }
 
     func get(_ path: String) -> String? {

@@ -129,4 +129,42 @@ final class BranchSemanticsTests: BranchFSTestCase {
         let a = try branch()
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/layers/" + a), [])
     }
+
+    func testHardLinksShareDataInTheBranchAndStayLinkedAfterCommit() throws {
+        let a = try branch()
+        let p = path(a)
+        try put(p + "/one", "first\n")
+        XCTAssertEqual(link(p + "/one", p + "/two"), 0)
+        try put(p + "/two", "through two\n")
+        XCTAssertEqual(get(p + "/one"), "through two\n", "one inode, one page cache")
+        var st = stat()
+        XCTAssertEqual(stat(p + "/one", &st), 0)
+        XCTAssertEqual(st.st_nlink, 2)
+        XCTAssertEqual(unlink(p + "/one"), 0)
+        XCTAssertEqual(get(p + "/two"), "through two\n")
+        XCTAssertEqual(link(p + "/two", p + "/three"), 0)
+        _ = try fs.commit(a)
+        var s2 = stat(), s3 = stat()
+        XCTAssertEqual(stat(workspace + "/two", &s2), 0)
+        XCTAssertEqual(stat(workspace + "/three", &s3), 0)
+        XCTAssertEqual(s2.st_ino, s3.st_ino, "the commit keeps the names linked")
+        XCTAssertFalse(exists(workspace + "/one"))
+    }
+
+    func testAnUnlinkedOpenFileStaysReadableAndWritable() throws {
+        let a = try branch()
+        let p = path(a) + "/tmpfile"
+        let fd = open(p, O_RDWR | O_CREAT, 0o600)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        XCTAssertEqual(unlink(p), 0)
+        XCTAssertEqual(pwrite(fd, "abc", 3, 0), 3)
+        var buf = [UInt8](repeating: 0, count: 3)
+        XCTAssertEqual(pread(fd, &buf, 3, 0), 3)
+        XCTAssertEqual(String(decoding: buf, as: UTF8.self), "abc")
+        var st = stat()
+        XCTAssertEqual(fstat(fd, &st), 0)
+        XCTAssertEqual(st.st_nlink, 0)
+        XCTAssertFalse(exists(p))
+    }
 }
