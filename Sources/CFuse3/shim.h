@@ -38,6 +38,8 @@ static inline void cbfs_conn_configure(struct fuse_conn_info *conn, unsigned max
     // The workspace (main) can change behind our back: drop its pages when its mtime moves.
     if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
     conn->want &= ~(unsigned)FUSE_CAP_READDIRPLUS;
+    // Opens are zero-message (ENOSYS), so O_TRUNC must reach us as a SETATTR, not an OPEN flag.
+    conn->want &= ~(unsigned)FUSE_CAP_ATOMIC_O_TRUNC;
     conn->max_write = max_write;
     conn->max_readahead = max_write;
 }

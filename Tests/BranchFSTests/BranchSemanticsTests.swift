@@ -14,6 +14,15 @@ final class BranchSemanticsTests: BranchFSTestCase {
         XCTAssertEqual(get(workspace + "/README"), "hello\n", "the workspace is untouched until commit")
     }
 
+    func testOpeningWithOTruncEmptiesTheFileBeforeTheWrite() throws {
+        let a = try branch()
+        try put(path(a) + "/README", "a much longer line than before\n")
+        try put(path(a) + "/README", "short\n")
+        XCTAssertEqual(get(path(a) + "/README"), "short\n")
+        try put(path(a) + "/src/main.c", "x\n") // a file still in the lower layer
+        XCTAssertEqual(get(path(a) + "/src/main.c"), "x\n")
+    }
+
     func testAParentWithLiveChildrenIsFrozen() throws {
         _ = try branch()
         XCTAssertEqual(writeErrno(path("main") + "/README"), EROFS)
