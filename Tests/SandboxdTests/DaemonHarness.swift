@@ -137,17 +137,20 @@ class DaemonTestCase: XCTestCase {
         for daemon in daemons where daemon.isRunning {
             daemon.signal(SIGTERM)
             if daemon.wait(timeout: 15) == nil {
-                daemon.signal(SIGKILL)
-                daemon.wait(timeout: 5)
                 XCTFail("sandboxd \(daemon.pid) did not stop within 15 s of SIGTERM; log:\n\(daemon.stderr.suffix(2000))")
+                daemon.signal(SIGKILL)
+                // Threads waiting on their own FUSE mount cannot die until its connection is aborted.
+                if daemon.wait(timeout: 5) == nil { abortFUSE(under: root) }
+                daemon.wait(timeout: 5)
             }
         }
         let left = mounts(under: root)
         if !left.isEmpty {
-            XCTFail("mounts left under \(root) after the daemons stopped: \(left)")
-            // Detach them (ours: made by our daemon under our temp dir) so that removing the dir
-            // cannot reach through a mount into anything else.
-            for point in left.reversed() { umount2(point, Int32(MNT_DETACH)) }
+            XCTFail("mounts left under \(root) after the daemons stopped: \(left.map(\.point))")
+            // Ours (made by our daemon under our temp dir): abort and detach them so that removing
+            // the dir can neither hang on a dead FUSE server nor reach through a mount.
+            abortFUSE(under: root)
+            for m in left.reversed() { umount2(m.point, Int32(MNT_DETACH)) }
         }
         if !root.isEmpty { try? FileManager.default.removeItem(atPath: root) }
         try super.tearDownWithError()
@@ -275,15 +278,41 @@ class DaemonTestCase: XCTestCase {
         }
     }
 
-    /// Mount points at or below `dir` (from /proc/self/mountinfo).
-    func mounts(under dir: String) -> [String] {
+    /// Mounts at or below `dir` (from /proc/self/mountinfo): mount point, device, filesystem type.
+    func mounts(under dir: String) -> [(point: String, device: String, type: String)] {
         guard !dir.isEmpty, let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
         return text.split(separator: "\n").compactMap { line in
-            let fields = line.split(separator: " ")
-            guard fields.count > 4 else { return nil }
+            let halves = line.components(separatedBy: " - ")
+            let fields = halves[0].split(separator: " ")
+            guard fields.count > 4, halves.count > 1 else { return nil }
             let point = String(fields[4]).replacingOccurrences(of: "\\040", with: " ")
-            return point == dir || point.hasPrefix(dir + "/") ? point : nil
+            guard point == dir || point.hasPrefix(dir + "/") else { return nil }
+            return (point, String(fields[2]), String(halves[1].split(separator: " ").first ?? ""))
         }
+    }
+
+    /// Aborts the FUSE connections of the mounts under `dir` (only ever this test's temp dir):
+    /// the one way to free processes stuck waiting on a FUSE server that no longer answers.
+    func abortFUSE(under dir: String) {
+        for m in mounts(under: dir) where m.type.hasPrefix("fuse") {
+            let parts = m.device.split(separator: ":").compactMap { UInt32($0) }
+            guard parts.count == 2 else { continue }
+            let connection = parts[0] << 20 | parts[1]  // the kernel's dev_t, as /sys/fs/fuse/connections names it
+            try? "1".write(toFile: "/sys/fs/fuse/connections/\(connection)/abort", atomically: false, encoding: .utf8)
+        }
+    }
+
+    /// Whether `path` is a directory, asked by a child process with a deadline: a FUSE view that
+    /// stopped answering blocks the asking process uninterruptibly, and that must not be us.
+    /// nil when no answer came within `timeout` (the view's connection is then aborted).
+    func isDirectory(_ path: String, timeout: TimeInterval = 10) throws -> Bool? {
+        let (out, err) = nextOutputPaths("probe")
+        let probe = try Spawned("/usr/bin/test", ["-d", path], environment: [:], outPath: out, errPath: err)
+        if let status = probe.wait(timeout: timeout) { return status == 0 }
+        abortFUSE(under: root)
+        probe.signal(SIGKILL)
+        probe.wait(timeout: 5)
+        return nil
     }
 
     /// The audit log, one parsed record per line.
