@@ -1,4 +1,5 @@
 import CBranchFS
+import Dispatch
 
 #if canImport(Glibc)
 import Glibc
@@ -40,6 +41,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     let server: FuseServer
     private var views: [String: View] = [:]
     private var closed = false
+    private let janitor = DispatchQueue(label: "sbx.branchfs.janitor")
 
     /// Opens the state in `stateDirectory` (created if missing) for `workspace`, recovers, and
     /// mounts the FUSE session at `mountPoint` (default `<stateDirectory>/mnt`).
@@ -51,7 +53,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             throw .invalidRequest("the state directory \(self.stateDirectory) must not be inside the workspace \(self.workspace)")
         }
         let mnt = mountPoint ?? self.stateDirectory + "/mnt"
-        for d in ["layers", "work", "journal", "staging"] { try Self.makeDirectory(self.stateDirectory + "/" + d) }
+        for d in ["layers", "work", "journal", "staging", "trash"] { try Self.makeDirectory(self.stateDirectory + "/" + d) }
         Self.detachStaleMount(mnt)
         try Self.makeDirectory(mnt)
         self.mountPoint = try Self.absoluteDirectory(mnt, what: "mount point")
@@ -70,7 +72,10 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             defer { closed = true }
             return !closed
         }
-        if first { server.stop() }
+        if first {
+            server.stop()
+            janitor.sync {}
+        }
     }
 
     /// The host directory where any tool reads and writes branch `id`.
@@ -145,22 +150,34 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                 }
                 defer { if stagingFD >= 0 { Glibc.close(stagingFD) } }
                 let plan: CommitPlan
+                var trace = Trace("commit \(id)")
+                defer { trace.report() }
                 do throws(FSError) {
                     plan = try server.tree.reading { () throws(FSError) in
                         try Committer.plan(id: commitID, child: child, parent: parent, staging: staging, stagingFD: stagingFD)
                     }
+                    trace.mark("plan+stage")
+                    // Staged data first, then the journal: the journal on disk is the commit point.
+                    if let staging { try Durability.fsyncAll(plan.stagedNames.map { staging + "/" + $0 } + [staging]) }
+                    trace.mark("fsync staged")
                     try Committer.write(plan, to: journalPath(commitID))
+                    trace.mark("journal")
                 } catch {
                     if let staging { try? Overlay.removeTree(AT_FDCWD, staging) }
                     throw .io("commit \(id): \(error.what)", errno: error.errno)
                 }
                 // The journal is on disk: from here on recovery rolls this commit forward.
-                let (epoch, invalidated) = try store.commit(id)
+                let (epoch, invalidated) = try store.commit(id, durable: false) // synced with the apply
+                trace.mark("registry")
                 let dead = [child] + invalidated.compactMap { views[$0] }
                 do throws(FSError) {
                     try server.tree.writing { () throws(FSError) in
                         for v in dead { v.deadErrno = ESTALE }
-                        try Committer.apply(plan)
+                        let touched = try Committer.apply(plan)
+                        trace.mark("apply")
+                        // Applied and recorded for good before the journal goes.
+                        try Durability.fsyncAll(touched + [stateDirectory + "/branches.json", stateDirectory])
+                        trace.mark("fsync applied")
                         parent.generation += 1
                         parent.frozen = !store.liveChildren(of: parentID).isEmpty
                     }
@@ -169,6 +186,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                     throw .io("commit \(id) applying \(error.what) (the journal will be replayed on restart)", errno: error.errno)
                 }
                 finish(plan)
+                trace.mark("retire")
                 for v in dead { views[v.id] = nil }
                 let result = CommitResult(committed: id, into: parentID, epoch: epoch, invalidated: invalidated, changes: plan.ops.count)
                 return (result, dead, parent, plan.ops.map(\.path))
@@ -192,8 +210,8 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             var dead: [View] = []
             for d in ids {
                 if let v = views.removeValue(forKey: d) { v.writeGate.writing { v.deadErrno = ESTALE }; dead.append(v) }
-                try? Overlay.removeTree(AT_FDCWD, layerPath(d))
-                try? Overlay.removeTree(AT_FDCWD, workPath(d))
+                discard(layerPath(d))
+                discard(workPath(d))
             }
             if let parent = store.branches[id]?.parent, let pv = views[parent] {
                 pv.writeGate.writing { pv.frozen = store.isFrozen(parent) }
@@ -249,11 +267,23 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
 
     /// Retires a journal whose ops are all applied: staging, journal, the child's delta.
     private func finish(_ plan: CommitPlan) {
-        if let s = plan.staging { try? Overlay.removeTree(AT_FDCWD, s) }
         unlink(journalPath(plan.id))
+        // Durably gone before anyone can write the parent again: a replay over newer writes would undo them.
         _ = cbfs_fsync_at(AT_FDCWD, stateDirectory + "/journal")
-        try? Overlay.removeTree(AT_FDCWD, layerPath(plan.child))
-        try? Overlay.removeTree(AT_FDCWD, workPath(plan.child))
+        if let s = plan.staging { discard(s) }
+        discard(layerPath(plan.child))
+        discard(workPath(plan.child))
+    }
+
+    /// Removes a tree off the caller's path: renamed into `trash/` at once (O(1)), deleted by a
+    /// background queue; whatever a crash leaves in `trash/` goes at the next start.
+    func discard(_ path: String) {
+        let target = stateDirectory + "/trash/" + store.newID()
+        guard rename(path, target) == 0 else {
+            try? Overlay.removeTree(AT_FDCWD, path) // another filesystem (staging in the workspace)
+            return
+        }
+        janitor.async { try? Overlay.removeTree(AT_FDCWD, target) }
     }
 
     /// Replays journaled commits (roll-forward) and removes what unjournaled ones staged.
@@ -265,9 +295,14 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             let file = journalDir + "/" + name
             guard name.hasSuffix(".json"), let plan = Committer.read(file) else { unlink(file); continue }
             if let b = store.branches[plan.child], b.state == .active { _ = try store.commit(plan.child) }
-            do throws(FSError) { try Committer.apply(plan) } catch { throw .io("replaying commit \(plan.id) of \(plan.child): \(error.what)", errno: error.errno) }
+            do throws(FSError) {
+                try Durability.fsyncAll(try Committer.apply(plan) + [stateDirectory + "/branches.json", stateDirectory])
+            } catch { throw .io("replaying commit \(plan.id) of \(plan.child): \(error.what)", errno: error.errno) }
             live.insert(plan.id)
             finish(plan)
+        }
+        for name in (try? Overlay.listNames(AT_FDCWD, stateDirectory + "/trash")) ?? [] {
+            try? Overlay.removeTree(AT_FDCWD, stateDirectory + "/trash/" + name)
         }
         for name in (try? Overlay.listNames(AT_FDCWD, stateDirectory + "/staging")) ?? [] {
             try? Overlay.removeTree(AT_FDCWD, stateDirectory + "/staging/" + name)
