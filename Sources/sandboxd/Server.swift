@@ -32,7 +32,7 @@ final class Server: @unchecked Sendable {
         self.log = log
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { throw .system("pipe", errno: errno) }
-        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }  // only the main thread runs yet: no exec can race this
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }  // nothing in sandboxd execs yet, so nothing can inherit them meanwhile
         wakeRead = fds[0]
         wakeWrite = fds[1]
     }
