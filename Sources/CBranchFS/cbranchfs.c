@@ -61,7 +61,12 @@ int cbfs_is_whiteout(mode_t mode, uint64_t rdev) {
 uint64_t cbfs_makedev(unsigned ma, unsigned mi) { return makedev(ma, mi); }
 
 int cbfs_fsync_at(int dirfd, const char *path) {
-    int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    // Only files and directories hold data to sync; opening a FIFO would block, a symlink
+    // is made durable by its directory.
+    struct stat st;
+    if (fstatat(dirfd, path, &st, AT_SYMLINK_NOFOLLOW) != 0) return -errno;
+    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) return 0;
+    int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) return -errno;
     int r = fsync(fd) == 0 ? 0 : -errno;
     close(fd);

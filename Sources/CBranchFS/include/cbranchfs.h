@@ -22,5 +22,5 @@ int cbfs_mknod_whiteout(int dirfd, const char *name);
 int cbfs_mknodat(int dirfd, const char *name, mode_t mode, uint64_t rdev);
 int cbfs_is_whiteout(mode_t mode, uint64_t rdev);
 uint64_t cbfs_makedev(unsigned major, unsigned minor);
-/// fsync of a directory given by path relative to dirfd; 0 or -errno.
+/// fsync of a regular file or directory given by path relative to dirfd (others: no-op); 0 or -errno.
 int cbfs_fsync_at(int dirfd, const char *path);
