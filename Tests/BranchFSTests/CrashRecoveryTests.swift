@@ -1,0 +1,325 @@
+import Foundation
+import XCTest
+@testable import BranchFS
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// DESIGN §5 "Atomic and crash-safe": SIGKILL at any instant of a commit into the workspace,
+/// then a restart, yields exactly the pre- or the post-commit tree, with nothing left behind.
+final class CrashRecoveryTests: BranchFSTestCase {
+    // MARK: - recovery at the BranchFS level
+
+    func testReopeningRemovesLeftoverStagingCopyUpsAndHalfWrittenJournals() throws {
+        let a = try branch()
+        try put(path(a) + "/kept.txt", "kept\n")
+        fs.close()
+        fs = nil
+        try FileManager.default.createDirectory(atPath: state + "/staging/cdeadbeef0001/sub", withIntermediateDirectories: true)
+        try put(state + "/staging/cdeadbeef0001/0", "staged\n")
+        try put(state + "/work/" + a + "/copyup.42.12345", "half a copy-up\n")
+        try put(state + "/journal/cdeadbeef0002.json.tmp", "{\"id\": \"cdead")
+        try put(state + "/journal/cdeadbeef0003.json", "not json at all")
+        try FileManager.default.createDirectory(atPath: workspace + "/.sbx-staging-cdeadbeef0004", withIntermediateDirectories: true)
+        try put(workspace + "/.sbx-staging-cdeadbeef0004/0", "staged in the workspace\n")
+        let before = treeDigest(workspace)
+        fs = try BranchFS(workspace: workspace, stateDirectory: state)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/staging"), [], "staging is emptied")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/work/" + a), [], "half-made copy-ups are removed")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/journal"), [], "unusable journals are dropped")
+        XCTAssertFalse(exists(workspace + "/.sbx-staging-cdeadbeef0004"), "staging inside the workspace is removed")
+        var expected = before
+        for key in before.keys where key.hasPrefix(".sbx-staging-") { expected[key] = nil }
+        XCTAssertEqual(treeDigest(workspace), expected, "nothing else in the workspace changed")
+        XCTAssertEqual(try fs.info(a).state, .active)
+        XCTAssertEqual(get(path(a) + "/kept.txt"), "kept\n", "the branch's delta survives")
+    }
+
+    // MARK: - SIGKILL of sandboxd during a commit
+
+    func testSandboxdKilledAtARandomInstantOfACommitRecoversToExactlyPreOrPost() throws {
+        guard let bin = CrashBinaries.directory else {
+            let msg = "sandboxd and sbx not found beside the test bundle (build with `swift build --build-tests`, or set SBX_E2E_BIN_DIR): crash-safety of commit not tested"
+            print("SKIP: " + msg)
+            throw XCTSkip(msg)
+        }
+        // Calibrate: how long a whole commit takes here, so kills land before, in and after it.
+        let calibration = try crashRound(bin: bin, index: 0, kill: .never)
+        let window = max(3_000, Int(calibration.commitSeconds * 1_500_000))
+        print("crash test: a full commit takes \(Int(calibration.commitSeconds * 1000)) ms; kills land within 0-\(window / 1000) ms")
+        var outcomes: [String: Int] = [:]
+        for i in 1...24 {
+            // A quarter of the kills at a random instant; the others the moment the commit has
+            // staged files (before its journal: must roll back), written its journal, or
+            // started changing the workspace (both must roll forward), so some surely land inside.
+            let when: [CrashKill] = [.after(Int.random(in: 0...window)), .stagingFills, .journalAppears, .workspaceChanges]
+            let kill = when[i % 4]
+            let r = try crashRound(bin: bin, index: i, kill: kill)
+            outcomes["\(kill.label) -> \(r.outcome)", default: 0] += 1
+            if r.outcome == "neither" { break }
+        }
+        print("crash test outcomes over 24 kills: \(outcomes.sorted { $0.key < $1.key })")
+    }
+
+    struct CrashRound { let outcome: String; let commitSeconds: Double }
+
+    enum CrashKill {
+        case never, after(Int), stagingFills, journalAppears, workspaceChanges
+        var label: String {
+            switch self {
+            case .never: return "never"
+            case .after: return "random"
+            case .stagingFills: return "staging"
+            case .journalAppears: return "journal"
+            case .workspaceChanges: return "applying"
+            }
+        }
+    }
+
+    /// One round in its own directory: seed, fork, write ~300 changes through the branch path,
+    /// start the commit, SIGKILL sandboxd when `kill` says,
+    /// restart on the same state, and compare.
+    func crashRound(bin: String, index: Int, kill: CrashKill) throws -> CrashRound {
+        let dir = root + "/crash\(index)"
+        let ws = dir + "/ws", st = dir + "/state", sock = dir + "/d.sock"
+        try FileManager.default.createDirectory(atPath: ws, withIntermediateDirectories: true)
+        for d in 0..<10 { for f in 0..<20 { try put(ws + "/d\(d)/f\(f)", "original \(d)/\(f)\n" + String(repeating: "x", count: f * 100)) } }
+        for f in 0..<10 { try put(ws + "/tree/x/y/t\(f)", "tree \(f)\n") }
+        let daemon = try CrashDaemon(bin: bin, dir: dir, workspace: ws, state: st, socket: sock, tag: "a")
+        defer { daemon.stop() }
+        let created = try sbxJSON(bin, ["branch", "create", "--json", "--socket", sock], dir: dir)
+        guard let b = (created["branches"] as? [[String: Any]])?.first, let id = b["id"] as? String, let p = b["path"] as? String else {
+            XCTFail("round \(index): sbx branch create printed \(created)")
+            throw CrashFailure("no branch")
+        }
+        // The expected post-commit tree: the same changes applied to a host copy of the workspace.
+        let model = dir + "/model"
+        for d in 0..<10 { for f in 0..<20 { try put(model + "/d\(d)/f\(f)", "original \(d)/\(f)\n" + String(repeating: "x", count: f * 100)) } }
+        for f in 0..<10 { try put(model + "/tree/x/y/t\(f)", "tree \(f)\n") }
+        let pre = treeDigest(ws)
+        XCTAssertEqual(treeDigest(model), pre)
+        applyCrashChanges(model, round: index)
+        applyCrashChanges(p, round: index)
+        let post = treeDigest(model)
+        XCTAssertNotEqual(pre, post)
+
+        let started = Date()
+        let commit = try SpawnedProcess(bin + "/sbx", ["branch", "commit", id, "--socket", sock, "--json"], dir: dir, tag: "commit\(index)")
+        switch kill {
+        case .never: break
+        case let .after(delay):
+            usleep(UInt32(delay))
+            daemon.kill()
+        case .workspaceChanges:
+            // The first op in path order installs d0/new0: kill as soon as it is there.
+            let deadline = Date().addingTimeInterval(30)
+            while commit.isRunning && Date() < deadline && access(ws + "/d0/new0", F_OK) != 0 {}
+            daemon.kill()
+        case .stagingFills, .journalAppears:
+            let watched = st + (kill.label == "staging" ? "/staging" : "/journal")
+            let deadline = Date().addingTimeInterval(30)
+            while commit.isRunning && Date() < deadline {
+                if kill.label == "staging" {
+                    // Kill once a staging directory holds a staged file.
+                    let dirs = (try? FileManager.default.contentsOfDirectory(atPath: watched)) ?? []
+                    if dirs.contains(where: { !((try? FileManager.default.contentsOfDirectory(atPath: watched + "/" + $0)) ?? []).isEmpty }) { break }
+                } else if ((try? FileManager.default.contentsOfDirectory(atPath: watched)) ?? []).contains(where: { $0.hasSuffix(".json") }) {
+                    break
+                }
+            }
+            daemon.kill()
+        }
+        guard let status = commit.wait(timeout: 60) else {
+            commit.signal(SIGKILL)
+            _ = commit.wait(timeout: 5)
+            XCTFail("round \(index): sbx branch commit did not return")
+            throw CrashFailure("commit hung")
+        }
+        let seconds = Date().timeIntervalSince(started)
+        if case .never = kill { XCTAssertEqual(status, 0, "round \(index): the uninterrupted commit: \(commit.err)") }
+
+        // Restart on the same state; recovery runs before the socket appears.
+        daemon.stop()
+        let again = try CrashDaemon(bin: bin, dir: dir, workspace: ws, state: st, socket: sock, tag: "b")
+        defer { again.stop() }
+        let after = treeDigest(ws)
+        let outcome = after == pre ? "pre" : after == post ? "post" : "neither"
+        if outcome == "neither" {
+            let diffPre = after.keys.filter { after[$0] != pre[$0] } + pre.keys.filter { after[$0] == nil }
+            let diffPost = after.keys.filter { after[$0] != post[$0] } + post.keys.filter { after[$0] == nil }
+            XCTFail("round \(index) (kill: \(kill)): the workspace is neither the pre- nor the post-commit tree; differs from pre at \(diffPre.sorted().prefix(8)), from post at \(diffPost.sorted().prefix(8))")
+        }
+        let info = try sbxJSON(bin, ["branch", "info", id, "--json", "--socket", sock], dir: dir)
+        let branchState = info["state"] as? String
+        if outcome == "post" { XCTAssertEqual(branchState, "committed", "round \(index): the workspace is post-commit, so the branch is committed") }
+        if outcome == "pre" { XCTAssertEqual(branchState, "active", "round \(index): the workspace is pre-commit, so the branch is still active") }
+        let stray = after.keys.filter { $0.split(separator: "/").contains { $0.hasPrefix(".sbx-") } }
+        XCTAssertEqual(stray, [], "round \(index): temp files left in the workspace")
+        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: st + "/staging")) ?? ["<unreadable>"], [], "round \(index): leftovers in staging")
+        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: st + "/journal")) ?? ["<unreadable>"], [], "round \(index): leftovers in journal")
+        if outcome == "pre", branchState == "active" {
+            // The branch is intact: committing it now must reach exactly the post tree.
+            let r = try SpawnedProcess(bin + "/sbx", ["branch", "commit", id, "--socket", sock, "--json"], dir: dir, tag: "recommit\(index)")
+            XCTAssertEqual(r.wait(timeout: 60), 0, "round \(index): commit after recovery: \(r.err)")
+            XCTAssertEqual(treeDigest(ws), post, "round \(index): committing the recovered branch gives the post tree")
+        }
+        again.stop()
+        let left = CrashDaemon.mounts(under: dir)
+        XCTAssertEqual(left, [], "round \(index): mounts left after the daemon stopped")
+        for point in left.reversed() { umount2(point, Int32(MNT_DETACH)) } // ours: under the round's temp dir
+        return CrashRound(outcome: outcome, commitSeconds: seconds)
+    }
+
+    /// ~300 changes: new, modified, deleted, chmod, a symlink, renamed directories.
+    func applyCrashChanges(_ p: String, round: Int) {
+        for i in 0..<100 { XCTAssertEqual(writeWhole(p + "/d\(i % 10)/new\(i)", "new \(i) of round \(round)\n", flags: O_CREAT | O_EXCL), 0) }
+        for i in 0..<100 { XCTAssertEqual(writeWhole(p + "/d\(i % 10)/f\(i / 10)", "modified \(i)\n", flags: O_TRUNC), 0) }
+        for i in 0..<50 { XCTAssertEqual(unlink(p + "/d\(i % 10)/f\(10 + i / 10)"), 0) }
+        for i in 0..<10 { XCTAssertEqual(chmod(p + "/d\(i)/f19", 0o600), 0) }
+        XCTAssertEqual(symlink("../d0/f0", p + "/d1/link"), 0)
+        XCTAssertEqual(rename(p + "/tree", p + "/tree-renamed"), 0)
+        XCTAssertEqual(rename(p + "/d9", p + "/d9-renamed"), 0)
+        XCTAssertEqual(mkdir(p + "/d9", 0o755), 0)
+        XCTAssertEqual(writeWhole(p + "/d9/replacement", "replacement\n", flags: O_CREAT), 0)
+    }
+
+    func sbxJSON(_ bin: String, _ args: [String], dir: String) throws -> [String: Any] {
+        let r = try SpawnedProcess(bin + "/sbx", args, dir: dir, tag: "sbx")
+        guard r.wait(timeout: 60) == 0 else { throw CrashFailure("sbx \(args) failed: \(r.err) \(r.out)") }
+        guard let obj = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any] else { throw CrashFailure("sbx \(args): not JSON: \(r.out)") }
+        return obj
+    }
+}
+
+// MARK: - processes
+
+struct CrashFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+/// `sandboxd` and `sbx` beside the test bundle, else in `$SBX_E2E_BIN_DIR`.
+enum CrashBinaries {
+    static let directory: String? = {
+        var candidates: [String] = []
+        if let dir = ProcessInfo.processInfo.environment["SBX_E2E_BIN_DIR"] { candidates.append(dir) }
+        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
+            candidates.append((exe as NSString).deletingLastPathComponent)
+        }
+        for bundle in Bundle.allBundles { candidates.append((bundle.bundlePath as NSString).deletingLastPathComponent) }
+        return candidates.first { access($0 + "/sandboxd", X_OK) == 0 && access($0 + "/sbx", X_OK) == 0 }
+    }()
+}
+
+/// A posix_spawned process with stdout and stderr in files of `dir`; the test's environment
+/// (without `$SBX_SOCKET`) unless `environment` says otherwise.
+final class SpawnedProcess {
+    let pid: pid_t
+    let outPath: String, errPath: String
+    private(set) var status: Int32?
+
+    init(_ executable: String, _ arguments: [String], dir: String, tag: String, environment: [String]? = nil) throws {
+        let n = UInt32.random(in: 0...UInt32.max)
+        outPath = dir + "/\(tag)-\(n).out"
+        errPath = dir + "/\(tag)-\(n).err"
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var none = sigset_t(), all = sigset_t()
+        sigemptyset(&none)
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attr, &none)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let args: [String] = [executable] + arguments
+        let env: [String] = environment ?? ProcessInfo.processInfo.environment.filter { $0.key != "SBX_SOCKET" }.map { "\($0.key)=\($0.value)" }
+        let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup($0) } + [nil]
+        defer { for q in argv + envp { free(q) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, executable, &actions, &attr, argv, envp)
+        guard rc == 0 else { throw CrashFailure("posix_spawn \(executable): \(String(cString: strerror(rc)))") }
+        pid = child
+    }
+
+    var isRunning: Bool {
+        guard status == nil else { return false }
+        var s: Int32 = 0
+        if waitpid(pid, &s, WNOHANG) == pid { status = (s & 0x7f) == 0 ? (s >> 8) & 0xff : 128 + (s & 0x7f) }
+        return status == nil
+    }
+
+    /// The exit status (128+N for signal N), or nil if still running after `timeout` seconds.
+    func wait(timeout: TimeInterval) -> Int32? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while isRunning && Date() < deadline { usleep(1_000) }
+        return status
+    }
+
+    func signal(_ sig: Int32) { if isRunning { Glibc.kill(pid, sig) } }
+    var out: String { (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "" }
+    var err: String { (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "" }
+}
+
+/// sandboxd on one round's workspace, state and socket; ready once the socket accepts.
+final class CrashDaemon {
+    let process: SpawnedProcess
+    let dir: String
+
+    init(bin: String, dir: String, workspace: String, state: String, socket: String, tag: String) throws {
+        self.dir = dir
+        process = try SpawnedProcess(bin + "/sandboxd", ["--socket", socket, "--state", state, "--workspace", workspace, "--log-level", "warning"], dir: dir, tag: "sandboxd-" + tag)
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            if Self.connects(socket) { return }
+            if !process.isRunning { throw CrashFailure("sandboxd exited with \(process.status!) before listening: \(process.err)") }
+            usleep(2_000)
+        }
+        process.signal(SIGKILL)
+        _ = process.wait(timeout: 5)
+        throw CrashFailure("sandboxd did not listen on \(socket) within 30 s: \(process.err)")
+    }
+
+    static func connects(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return withUnixAddress(path) { connect(fd, $0, $1) } == 0
+    }
+
+    /// SIGKILL, as a crash: the FUSE connection dies with it; the next daemon detaches the mount.
+    func kill() {
+        process.signal(SIGKILL)
+        _ = process.wait(timeout: 30)
+    }
+
+    /// SIGTERM (clean stop, unmounts); SIGKILL if it does not stop. Then no mount of ours may stay.
+    func stop() {
+        if process.isRunning {
+            process.signal(SIGTERM)
+            if process.wait(timeout: 20) == nil {
+                XCTFail("sandboxd \(process.pid) did not stop within 20 s of SIGTERM: \(process.err.suffix(1000))")
+                process.signal(SIGKILL)
+                _ = process.wait(timeout: 5)
+            }
+        }
+    }
+
+    /// Mount points at or under `dir` (ours only: the round's temp dir).
+    static func mounts(under dir: String) -> [String] {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ")
+            guard fields.count > 4 else { return nil }
+            let point = String(fields[4]).replacingOccurrences(of: "\\040", with: " ")
+            return point == dir || point.hasPrefix(dir + "/") ? point : nil
+        }
+    }
+}
