@@ -47,7 +47,9 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     /// mounts the FUSE session at `mountPoint` (default `<stateDirectory>/mnt`).
     public init(workspace: String, stateDirectory: String, mountPoint: String? = nil) throws(BranchError) {
         self.workspace = try Self.absoluteDirectory(workspace, what: "workspace")
-        try Self.makeDirectory(stateDirectory)
+        // Traversable (not listable) by others: a jail that runs as an unprivileged host user
+        // reaches its branch through <state>/mnt; the deltas below stay 0700.
+        try Self.makeDirectory(stateDirectory, mode: 0o711)
         self.stateDirectory = try Self.absoluteDirectory(stateDirectory, what: "state directory")
         if self.workspace == self.stateDirectory || self.stateDirectory.hasPrefix(self.workspace + "/") {
             throw .invalidRequest("the state directory \(self.stateDirectory) must not be inside the workspace \(self.workspace)")
@@ -55,7 +57,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         let mnt = mountPoint ?? self.stateDirectory + "/mnt"
         for d in ["layers", "work", "journal", "staging", "trash"] { try Self.makeDirectory(self.stateDirectory + "/" + d) }
         Self.detachStaleMount(mnt)
-        try Self.makeDirectory(mnt)
+        try Self.makeDirectory(mnt, mode: 0o755)
         self.mountPoint = try Self.absoluteDirectory(mnt, what: "mount point")
         store = try BranchStore(stateDirectory: self.stateDirectory)
         server = FuseServer(mountPoint: self.mountPoint)
@@ -95,15 +97,18 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         defer { server.invalidateInode(FuseServer.rootIno) } // the mount root's cached listing
         return try lock.lockedThrowing { () throws(BranchError) in
             let made = try store.create(from: parent, count: count)
+            // The upper's root carries the parent root's owner, mode and times: it is what the
+            // branch root shows.
+            let pv = try viewLocked(parent)
+            let rootStat = try? server.tree.reading { () throws(FSError) in try pv.namespace.lockedThrowing { () throws(FSError) in try pv.stat(pv.root) } }
             for b in made {
                 for dir in [layerPath(b.id), workPath(b.id)] {
-                    guard mkdir(dir, 0o755) == 0 || errno == EEXIST else { throw .io("mkdir \(dir)", errno: errno) }
+                    guard mkdir(dir, 0o700) == 0 || errno == EEXIST else { throw .io("mkdir \(dir)", errno: errno) }
                 }
+                if let rootStat { Overlay.applyMetadata(AT_FDCWD, layerPath(b.id), rootStat) }
             }
             // Freeze the parent before anyone can see the children: its writes now fail with EROFS.
-            if let pv = try? viewLocked(parent) {
-                pv.writeGate.writing { pv.frozen = true }
-            }
+            pv.writeGate.writing { pv.frozen = true }
             return made
         }
     }
@@ -271,6 +276,9 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         // Durably gone before anyone can write the parent again: a replay over newer writes would undo them.
         _ = cbfs_fsync_at(AT_FDCWD, stateDirectory + "/journal")
         if let s = plan.staging { discard(s) }
+        // Installed files were hard links of the child's: drop those names now, so the
+        // workspace's files report their true link count when commit returns.
+        for op in plan.ops { if case let .install(rel, _) = op { unlinkat(AT_FDCWD, plan.childUpper + "/" + rel, 0) } }
         discard(layerPath(plan.child))
         discard(workPath(plan.child))
     }
@@ -332,8 +340,8 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         _ = umount2(path, Int32(MNT_DETACH))
     }
 
-    static func makeDirectory(_ path: String) throws(BranchError) {
-        if mkdir(path, 0o700) != 0 && errno != EEXIST { throw .io("mkdir \(path)", errno: errno) }
+    static func makeDirectory(_ path: String, mode: mode_t = 0o700) throws(BranchError) {
+        if mkdir(path, mode) != 0 && errno != EEXIST { throw .io("mkdir \(path)", errno: errno) }
     }
 
     static func absoluteDirectory(_ path: String, what: String) throws(BranchError) -> String {

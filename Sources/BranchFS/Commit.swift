@@ -245,7 +245,14 @@ enum Committer {
                     try Overlay.removeTree(t, rel + "/" + name)
                 }
             case .meta:
-                if c >= 0, let st = Overlay.lstat(c, rel) { Overlay.applyMetadata(t, rel, st) }
+                if c >= 0, let st = Overlay.lstat(c, rel) {
+                    let from = openat(c, View.at(rel), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+                    let to = openat(t, View.at(rel), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+                    if from >= 0 && to >= 0 { Overlay.syncXattrs(from: from, to: to) }
+                    if from >= 0 { close(from) }
+                    if to >= 0 { close(to) }
+                    Overlay.applyMetadata(t, rel, st)
+                }
             }
         }
         return Array(touched)

@@ -355,7 +355,7 @@ final class FuseServer: @unchecked Sendable {
         if ino == Self.rootIno {
             var st = rootStat // never stat the mount point itself: that would call this handler
             st.st_ino = ino_t(Self.rootIno)
-            st.st_mode = S_IFDIR | 0o755
+            st.st_mode = S_IFDIR | 0o755 // the branch list; each branch keeps its own permissions
             st.st_nlink = 2
             fuse_reply_attr(req, &st, 1)
             return
@@ -527,6 +527,8 @@ final class FuseServer: @unchecked Sendable {
             if let tp, tp.dirLayers.isEmpty { keepOrphan(dst, newName, view) }
             try view.renameEntry(src, name, sp, to: dst, newName, targetExists: tp != nil)
             move(src, name, to: dst, newName)
+            // The moved node and everything below it now resolve through other layer paths.
+            view.generation += 1
         }
         fuse_reply_err(req, 0)
     }
@@ -727,7 +729,7 @@ final class FuseServer: @unchecked Sendable {
     }
 
     func getxattr(_ req: fuse_req_t?, _ ino: UInt64, _ name: String, _ size: Int) throws(FSError) {
-        if Overlay.isPrivateXattr(name) { throw FSError(ENODATA) }
+        if Overlay.isPrivateXattr(name) || ino == Self.rootIno { throw FSError(ENODATA) }
         let value = try withNode(ino, .read) { (n, view) throws(FSError) -> [UInt8] in
             try view.resolve(n)
             let path = view.layers[n.top].path + "/" + n.path
@@ -740,6 +742,7 @@ final class FuseServer: @unchecked Sendable {
     }
 
     func listxattr(_ req: fuse_req_t?, _ ino: UInt64, _ size: Int) throws(FSError) {
+        if ino == Self.rootIno { return size == 0 ? { fuse_reply_xattr(req, 0) }() : { fuse_reply_buf(req, nil, 0) }() }
         let names = try withNode(ino, .read) { (n, view) throws(FSError) -> [UInt8] in
             try view.resolve(n)
             var buf = [UInt8](repeating: 0, count: 65536)

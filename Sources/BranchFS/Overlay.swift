@@ -97,6 +97,21 @@ enum Overlay {
         }
     }
 
+    /// Makes the xattrs of `dst` exactly those of `src` (the format's own left alone).
+    static func syncXattrs(from src: Int32, to dst: Int32) {
+        var names = [CChar](repeating: 0, count: 65536)
+        let n = flistxattr(dst, &names, names.count)
+        if n > 0 {
+            var start = 0
+            for i in 0..<n where names[i] == 0 {
+                let name = names[start..<i].withUnsafeBufferPointer { String(decoding: UnsafeRawBufferPointer($0), as: UTF8.self) }
+                start = i + 1
+                if !isPrivateXattr(name) && fgetxattr(src, name, nil, 0) < 0 { _ = fremovexattr(dst, name) }
+            }
+        }
+        copyXattrs(from: src, to: dst)
+    }
+
     /// Sets owner, mode and times of `rel` (no symlink following) to those of `st`.
     static func applyMetadata(_ dirfd: Int32, _ rel: String, _ st: stat) {
         _ = fchownat(dirfd, rel, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW)
