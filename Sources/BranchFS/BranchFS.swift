@@ -51,6 +51,10 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         // reaches its branch through <state>/mnt; the deltas below stay 0700.
         try Self.makeDirectory(stateDirectory, mode: 0o711)
         self.stateDirectory = try Self.absoluteDirectory(stateDirectory, what: "state directory")
+        var st = stat()
+        if lstat(self.stateDirectory, &st) == 0, st.st_uid == getuid(), st.st_mode & 0o011 != 0o011 {
+            _ = chmod(self.stateDirectory, (st.st_mode & 0o7777) | 0o011)
+        }
         if self.workspace == self.stateDirectory || self.stateDirectory.hasPrefix(self.workspace + "/") {
             throw .invalidRequest("the state directory \(self.stateDirectory) must not be inside the workspace \(self.workspace)")
         }
