@@ -63,6 +63,9 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         Self.detachStaleMount(mnt)
         try Self.makeDirectory(mnt, mode: 0o755)
         self.mountPoint = try Self.absoluteDirectory(mnt, what: "mount point")
+        if self.workspace.hasPrefix(self.mountPoint + "/") || self.mountPoint.hasPrefix(self.workspace + "/") || self.workspace == self.mountPoint {
+            throw .invalidRequest("the workspace \(self.workspace) and the mount point \(self.mountPoint) must not contain each other")
+        }
         store = try BranchStore(stateDirectory: self.stateDirectory)
         server = FuseServer(mountPoint: self.mountPoint)
         server.provider = self

@@ -677,9 +677,15 @@ final class FuseServer: @unchecked Sendable {
             entries = (provider?.liveBranchIDs() ?? []).map { ($0, 0, UInt8(DT_DIR)) }
         } else {
             entries = try withNode(ino, .read) { (n, view) throws(FSError) in
+                // The kernel reads a listing in pieces from offset 0: build it once per pass,
+                // not once per piece (a 100k-entry directory would be quadratic).
+                if off > 0, let cached = n.listing, n.listingGeneration == view.generation { return cached }
                 try view.resolve(n)
                 guard n.isDirectory else { throw FSError(ENOTDIR) }
-                return try view.list(n)
+                let list = try view.list(n)
+                n.listing = list
+                n.listingGeneration = view.generation
+                return list
             }
         }
         let all = [(name: ".", ino: UInt64(0), type: UInt8(DT_DIR)), (name: "..", ino: UInt64(0), type: UInt8(DT_DIR))] + entries

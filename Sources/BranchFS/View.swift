@@ -33,6 +33,9 @@ final class Node: @unchecked Sendable {
     /// An unlinked file the kernel still has open: served through this fd from then on.
     var orphanFD: Int32 = -1
     var orphanWritable = false
+    /// The merged listing of a directory being read (see FuseServer.readdir).
+    var listing: [(name: String, ino: UInt64, type: UInt8)]?
+    var listingGeneration: UInt64 = 0
     /// Further names of a hard-linked file (the first name is parent/name).
     var aliases: [(parent: Node, name: String)] = []
 
