@@ -179,7 +179,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                     throw .io("commit \(id): \(error.what)", errno: error.errno)
                 }
                 // The journal is on disk: from here on recovery rolls this commit forward.
-                let (epoch, invalidated) = try store.commit(id, durable: false) // synced with the apply
+                let (epoch, invalidated) = try store.commit(id, syncDirectory: false) // synced with the apply
                 trace.mark("registry")
                 let dead = [child] + invalidated.compactMap { views[$0] }
                 do throws(FSError) {
@@ -188,7 +188,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                         let touched = try Committer.apply(plan)
                         trace.mark("apply")
                         // Applied and recorded for good before the journal goes.
-                        try Durability.fsyncAll(touched + [stateDirectory + "/branches.json", stateDirectory])
+                        try Durability.fsyncAll(touched + [stateDirectory])
                         trace.mark("fsync applied")
                         parent.generation += 1
                         parent.frozen = !store.liveChildren(of: parentID).isEmpty

@@ -117,8 +117,8 @@ public final class BranchStore {
     /// Commits `id` into its parent. First commit wins: it succeeds only if the parent has not
     /// moved since the fork; it then bumps the parent's epoch and invalidates every other live
     /// child of the parent (and their descendants).
-    /// `durable: false` leaves the fsync to the caller (BranchFS syncs the filesystem once).
-    public func commit(_ id: String, durable: Bool = true) throws(BranchError) -> (epoch: UInt64, invalidated: [String]) {
+    /// `syncDirectory: false` leaves the fsync of the state directory to the caller.
+    public func commit(_ id: String, syncDirectory: Bool = true) throws(BranchError) -> (epoch: UInt64, invalidated: [String]) {
         try checkCommit(id)
         var b = try info(id)
         var p = try info(b.parent!)
@@ -132,7 +132,7 @@ public final class BranchStore {
         for sibling in liveChildren(of: p.id) {
             invalidated += try invalidate(sibling.id, by: id, saving: false)
         }
-        try save(durable: durable)
+        try save(syncDirectory: syncDirectory)
         return (p.epoch, invalidated)
     }
 
@@ -212,7 +212,9 @@ public final class BranchStore {
         }))])
     }
 
-    func save(durable: Bool = true) throws(BranchError) {
+    /// Writes the registry atomically (temp file, rename). `durable` fsyncs the file before the
+    /// rename; `syncDirectory` then fsyncs the directory (a caller batching fsyncs does that itself).
+    func save(durable: Bool = true, syncDirectory: Bool = true) throws(BranchError) {
         guard let file else { return }
         let tmp = file + ".tmp"
         let text = json().text + "\n"
@@ -223,7 +225,7 @@ public final class BranchStore {
         close(fd)
         guard ok else { unlink(tmp); throw .io("write \(tmp)", errno: e) }
         guard rename(tmp, file) == 0 else { throw .io("rename \(tmp)", errno: errno) }
-        guard durable else { return }
+        guard durable && syncDirectory else { return }
         let dir = open(String(file[..<file.lastIndex(of: "/")!]), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if dir >= 0 { fsync(dir); close(dir) }
     }

@@ -260,18 +260,19 @@ enum Committer {
 
     // MARK: - journal
 
-    /// Writes the journal durably (temp, fsync, rename, fsync of the directory).
+    /// Writes the journal durably: in place, then the file and its directory fsynced together.
+    /// No temp file and rename are needed: recovery drops a journal it cannot parse, and one
+    /// can only be unparsable if the crash came before both fsyncs returned, that is before
+    /// anything was applied.
     static func write(_ plan: CommitPlan, to file: String) throws(FSError) {
         let text = plan.json.text + "\n"
-        let tmp = file + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .last("create \(tmp)") }
-        let ok = text.withCString { Glibc.write(fd, $0, strlen($0)) } == text.utf8.count && fsync(fd) == 0
+        let fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .last("create \(file)") }
+        let ok = text.withCString { Glibc.write(fd, $0, strlen($0)) } == text.utf8.count
         let e = errno
         close(fd)
-        guard ok else { unlink(tmp); throw FSError(e, "write \(tmp)") }
-        guard rename(tmp, file) == 0 else { throw .last("rename \(tmp)") }
-        guard cbfs_fsync_at(AT_FDCWD, file.parentPath) == 0 else { throw .last("fsync \(file.parentPath)") }
+        guard ok else { unlink(file); throw FSError(e, "write \(file)") }
+        try Durability.fsyncAll([file, file.parentPath])
     }
 
     static func read(_ file: String) -> CommitPlan? {
