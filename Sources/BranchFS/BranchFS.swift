@@ -171,7 +171,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                     trace.mark("plan+stage")
                     // Staged data first, then the journal: the journal on disk is the commit point.
                     if let staging { try Durability.fsyncAll(plan.stagedNames.map { staging + "/" + $0 } + [staging]) }
-                    trace.mark("fsync staged")
+                    trace.mark("fsync staged (\(plan.stagedNames.count + 1))")
                     try Committer.write(plan, to: journalPath(commitID))
                     trace.mark("journal")
                 } catch {
@@ -184,12 +184,13 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                 let dead = [child] + invalidated.compactMap { views[$0] }
                 do throws(FSError) {
                     try server.tree.writing { () throws(FSError) in
+                        trace.mark("tree lock")
                         for v in dead { v.deadErrno = ESTALE }
                         let touched = try Committer.apply(plan)
                         trace.mark("apply")
                         // Applied and recorded for good before the journal goes.
                         try Durability.fsyncAll(touched + [stateDirectory])
-                        trace.mark("fsync applied")
+                        trace.mark("fsync applied (\(touched.count + 1))")
                         parent.generation += 1
                         parent.frozen = !store.liveChildren(of: parentID).isEmpty
                     }

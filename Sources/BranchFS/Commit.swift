@@ -1,5 +1,4 @@
 import CBranchFS
-import Dispatch
 import SBXJSON
 
 #if canImport(Glibc)
@@ -108,19 +107,19 @@ struct CommitPlan {
 
 /// fsyncs many files at once. One fsync per file is what makes a commit's cost follow the
 /// change (syncfs would flush whatever else the disk holds: 200 ms instead of 13 here), and
-/// issuing them from several threads lets the disk overlap them.
+/// issuing them from several threads (not Dispatch's one per core) lets the disk overlap them.
 enum Durability {
     static func fsyncAll(_ paths: [String]) throws(FSError) {
-        final class FirstError: @unchecked Sendable {
-            let lock = Mutex()
-            var error: FSError?
+        guard !paths.isEmpty else { return }
+        var cstrings = paths.map { strdup($0) }
+        defer { cstrings.forEach { free($0) } }
+        var failed: Int32 = -1
+        let r = cstrings.withUnsafeMutableBufferPointer { buf in
+            buf.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buf.count) {
+                cbfs_fsync_many($0, Int32(buf.count), 16, &failed)
+            }
         }
-        let failure = FirstError()
-        DispatchQueue.concurrentPerform(iterations: paths.count) { i in
-            let r = cbfs_fsync_at(AT_FDCWD, paths[i])
-            if r != 0 { failure.lock.locked { if failure.error == nil { failure.error = FSError(-r, "fsync \(paths[i])") } } }
-        }
-        if let e = failure.error { throw e }
+        if r != 0 { throw FSError(-r, "fsync \(paths[Int(failed)])") }
     }
 }
 
@@ -171,7 +170,10 @@ enum Committer {
                     }
                     var hides = false
                     if !intoWorkspace, let pst = Overlay.lstat(parent.upper.fd, rel), Overlay.isWhiteout(pst) { hides = true }
-                    ops.append(.mkdir(rel, opaque: hides))
+                    // A directory the target already has, with the same metadata, was only
+                    // copied up on the way to a change below it: no step of its own.
+                    let existing = Overlay.lstat(parent.upper.fd, rel).flatMap { $0.st_mode & S_IFMT == S_IFDIR ? $0 : nil }
+                    if existing == nil || hides { ops.append(.mkdir(rel, opaque: hides)) }
                     if intoWorkspace && (opaque || exact) {
                         let keep = try Overlay.listEntries(c, rel).filter { entry in
                             guard let s = Overlay.lstat(c, rel + "/" + entry.name) else { return false }
@@ -180,7 +182,7 @@ enum Committer {
                         ops.append(.clear(rel, keep: keep.sorted()))
                     }
                     try walk(rel, exact: exact || (intoWorkspace && opaque))
-                    ops.append(.meta(rel))
+                    if existing == nil || !sameMetadata(c, rel, st, parent.upper.fd, existing!) { ops.append(.meta(rel)) }
                 } else if intoWorkspace {
                     ops.append(.install(rel, staged: try stage(rel, st)))
                 } else {
@@ -191,6 +193,16 @@ enum Committer {
         try walk("", exact: false)
         return CommitPlan(id: id, child: child.id, parent: parent.id, childUpper: child.upper.path,
                           target: parent.upper.path, staging: staging, ops: ops)
+    }
+
+    /// Whether two directories agree on mode, owner, mtime and xattrs.
+    static func sameMetadata(_ afd: Int32, _ rel: String, _ a: stat, _ bfd: Int32, _ b: stat) -> Bool {
+        guard a.st_mode == b.st_mode, a.st_uid == b.st_uid, a.st_gid == b.st_gid,
+              a.st_mtim.tv_sec == b.st_mtim.tv_sec, a.st_mtim.tv_nsec == b.st_mtim.tv_nsec else { return false }
+        let x = openat(afd, View.at(rel), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+        let y = openat(bfd, View.at(rel), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+        defer { if x >= 0 { close(x) }; if y >= 0 { close(y) } }
+        return x >= 0 && y >= 0 && Overlay.xattrs(x) == Overlay.xattrs(y)
     }
 
     /// Whether the parent's lower layers (below its upper) hold something at `rel`.
@@ -217,41 +229,49 @@ enum Committer {
         var touched = Set<String>()
         for op in plan.ops {
             let rel = op.path
-            if case .meta = op {} else { touched.insert(plan.target + "/" + rel.parentPath) }
+            // Only what changes a directory marks it for fsync (a replay changes nothing).
+            let parent = plan.target + "/" + rel.parentPath
             switch op {
             case .delete:
-                try Overlay.removeTree(t, rel)
+                if Overlay.lstat(t, rel) != nil { try Overlay.removeTree(t, rel); touched.insert(parent) }
             case .whiteout:
-                if Overlay.lstat(t, rel) == nil { try Overlay.makeWhiteout(t, rel) }
+                if Overlay.lstat(t, rel) == nil { try Overlay.makeWhiteout(t, rel); touched.insert(parent) }
             case let .mkdir(_, opaque):
                 if let st = Overlay.lstat(t, rel), st.st_mode & S_IFMT != S_IFDIR { try Overlay.removeTree(t, rel) }
                 if Overlay.lstat(t, rel) == nil {
                     guard mkdirat(t, rel, 0o700) == 0 else { throw .last("mkdir \(rel)") }
+                    touched.insert(parent)
                 }
-                if opaque { try Overlay.setOpaque(t, rel) }
+                if opaque { try Overlay.setOpaque(t, rel); touched.insert(plan.target + "/" + rel) }
             case .replaceDir, .move:
                 guard c >= 0, Overlay.lstat(c, rel) != nil else { continue } // already moved
                 if case .replaceDir = op { try Overlay.removeTree(t, rel) } else if let st = Overlay.lstat(t, rel), st.st_mode & S_IFMT == S_IFDIR {
                     try Overlay.removeTree(t, rel)
                 }
                 guard renameat(c, rel, t, rel) == 0 else { throw .last("move \(rel)") }
+                touched.insert(parent)
             case let .install(_, staged):
                 guard s >= 0, Overlay.lstat(s, staged) != nil else { continue } // already installed
                 if let st = Overlay.lstat(t, rel), st.st_mode & S_IFMT == S_IFDIR { try Overlay.removeTree(t, rel) }
                 guard renameat(s, staged, t, rel) == 0 else { throw .last("install \(rel)") }
+                touched.insert(parent)
             case let .clear(_, keep):
                 let keepSet = Set(keep)
                 for name in try Overlay.listNames(t, rel) where !keepSet.contains(name) {
                     try Overlay.removeTree(t, rel + "/" + name)
+                    touched.insert(plan.target + "/" + rel)
                 }
             case .meta:
-                if c >= 0, let st = Overlay.lstat(c, rel) {
-                    let from = openat(c, View.at(rel), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
-                    let to = openat(t, View.at(rel), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
-                    if from >= 0 && to >= 0 { Overlay.syncXattrs(from: from, to: to) }
-                    if from >= 0 { close(from) }
-                    if to >= 0 { close(to) }
-                    Overlay.applyMetadata(t, rel, st)
+                guard c >= 0, let want = Overlay.lstat(c, rel), let have = Overlay.lstat(t, rel) else { continue }
+                let from = openat(c, View.at(rel), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+                let to = openat(t, View.at(rel), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+                if from >= 0 && to >= 0 && Overlay.syncXattrs(from: from, to: to) { touched.insert(plan.target + "/" + rel) }
+                if from >= 0 { close(from) }
+                if to >= 0 { close(to) }
+                if want.st_mode != have.st_mode || want.st_uid != have.st_uid || want.st_gid != have.st_gid
+                    || want.st_mtim.tv_sec != have.st_mtim.tv_sec || want.st_mtim.tv_nsec != have.st_mtim.tv_nsec {
+                    Overlay.applyMetadata(t, rel, want)
+                    touched.insert(plan.target + "/" + rel)
                 }
             }
         }

@@ -83,33 +83,38 @@ enum Overlay {
 
     /// Copies the xattrs of `src` onto `dst` (both fds), skipping the format's own.
     static func copyXattrs(from src: Int32, to dst: Int32) {
-        var names = [CChar](repeating: 0, count: 65536)
-        let n = flistxattr(src, &names, names.count)
-        guard n > 0 else { return }
+        for (name, value) in xattrs(src) { _ = fsetxattr(dst, name, value, value.count, 0) }
+    }
+
+    /// Makes the xattrs of `dst` exactly those of `src` (the format's own left alone); returns
+    /// whether anything changed.
+    @discardableResult
+    static func syncXattrs(from src: Int32, to dst: Int32) -> Bool {
+        let want = xattrs(src), have = xattrs(dst)
+        guard want != have else { return false }
+        for name in have.keys where want[name] == nil { _ = fremovexattr(dst, name) }
+        for (name, value) in want where have[name] != value { _ = fsetxattr(dst, name, value, value.count, 0) }
+        return true
+    }
+
+    /// The xattrs of an open file, without the format's own.
+    static func xattrs(_ fd: Int32) -> [String: [UInt8]] {
+        let size = flistxattr(fd, nil, 0) // most files have none: no buffers then
+        guard size > 0 else { return [:] }
+        var names = [CChar](repeating: 0, count: size + 1024)
+        let n = flistxattr(fd, &names, names.count)
+        guard n > 0 else { return [:] }
+        var out: [String: [UInt8]] = [:]
         var value = [UInt8](repeating: 0, count: 65536)
         var start = 0
         for i in 0..<n where names[i] == 0 {
             let name = names[start..<i].withUnsafeBufferPointer { String(decoding: UnsafeRawBufferPointer($0), as: UTF8.self) }
             start = i + 1
             if isPrivateXattr(name) { continue }
-            let len = fgetxattr(src, name, &value, value.count)
-            if len >= 0 { _ = fsetxattr(dst, name, value, len, 0) }
+            let len = fgetxattr(fd, name, &value, value.count)
+            if len >= 0 { out[name] = Array(value[0..<len]) }
         }
-    }
-
-    /// Makes the xattrs of `dst` exactly those of `src` (the format's own left alone).
-    static func syncXattrs(from src: Int32, to dst: Int32) {
-        var names = [CChar](repeating: 0, count: 65536)
-        let n = flistxattr(dst, &names, names.count)
-        if n > 0 {
-            var start = 0
-            for i in 0..<n where names[i] == 0 {
-                let name = names[start..<i].withUnsafeBufferPointer { String(decoding: UnsafeRawBufferPointer($0), as: UTF8.self) }
-                start = i + 1
-                if !isPrivateXattr(name) && fgetxattr(src, name, nil, 0) < 0 { _ = fremovexattr(dst, name) }
-            }
-        }
-        copyXattrs(from: src, to: dst)
+        return out
     }
 
     /// Sets owner, mode and times of `rel` (no symlink following) to those of `st`.

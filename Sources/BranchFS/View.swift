@@ -173,9 +173,21 @@ final class View: @unchecked Sendable {
         let rel = dir.path
         guard let st = Overlay.lstat(layers[dir.top].fd, rel) else { throw .last("stat \(rel)") }
         // A stale whiteout cannot sit here: the directory is visible, so nothing above hides it.
-        try Overlay.copyEntry(layers[dir.top].fd, rel, st, to: upper.fd, rel)
+        try preservingTimes(of: parent.path) { () throws(FSError) in try Overlay.copyEntry(layers[dir.top].fd, rel, st, to: upper.fd, rel) }
         dir.dirLayers.insert(0, at: 0)
         dir.top = 0
+    }
+
+    /// Runs a copy-up step that adds an entry to directory `rel` of the upper, keeping that
+    /// directory's times: a copy-up is not a change the branch made (and a commit would
+    /// otherwise carry, and fsync, a new mtime for every directory on the way).
+    func preservingTimes(of rel: String, _ body: () throws(FSError) -> Void) throws(FSError) {
+        let before = Overlay.lstat(upper.fd, View.at(rel))
+        try body()
+        if let b = before {
+            var times = [b.st_atim, b.st_mtim]
+            _ = utimensat(upper.fd, View.at(rel), &times, AT_SYMLINK_NOFOLLOW)
+        }
     }
 
     /// Copies a non-directory up into the upper, whole file (copy_file_range), assembled in the
@@ -190,10 +202,12 @@ final class View: @unchecked Sendable {
         guard let st = Overlay.lstat(layers[n.top].fd, rel) else { throw .last("stat \(rel)") }
         let tmp = "copyup.\(n.ino).\(UInt32.random(in: 0...UInt32.max))"
         try Overlay.copyEntry(layers[n.top].fd, rel, st, to: work.fd, tmp, data: data)
-        guard renameat(work.fd, tmp, upper.fd, rel) == 0 else {
-            let e = FSError.last("copy-up \(rel)")
-            unlinkat(work.fd, tmp, 0)
-            throw e
+        try preservingTimes(of: parent.path) { () throws(FSError) in
+            guard renameat(work.fd, tmp, upper.fd, rel) == 0 else {
+                let e = FSError.last("copy-up \(rel)")
+                unlinkat(work.fd, tmp, 0)
+                throw e
+            }
         }
         n.top = 0
     }

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
+#include <pthread.h>
 
 const int CBFS_O_PATH = O_PATH;
 const int CBFS_O_NOFOLLOW = O_NOFOLLOW;
@@ -71,4 +72,41 @@ int cbfs_fsync_at(int dirfd, const char *path) {
     int r = fsync(fd) == 0 ? 0 : -errno;
     close(fd);
     return r;
+}
+
+struct fsync_job {
+    const char *const *paths;
+    int n;
+    int next;          // next index to take (atomic)
+    int failed_index;  // first failure, -1 if none
+    int failed_errno;
+};
+
+static void *fsync_worker(void *arg) {
+    struct fsync_job *job = arg;
+    for (;;) {
+        int i = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        if (i >= job->n) return NULL;
+        int r = cbfs_fsync_at(AT_FDCWD, job->paths[i]);
+        if (r != 0) {
+            int expected = -1;
+            if (__atomic_compare_exchange_n(&job->failed_index, &expected, i, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+                job->failed_errno = -r;
+        }
+    }
+}
+
+int cbfs_fsync_many(const char *const *paths, int n, int max_threads, int *failed_index) {
+    struct fsync_job job = { paths, n, 0, -1, 0 };
+    int threads = n < max_threads ? n : max_threads;
+    pthread_t tids[64];
+    if (threads > 64) threads = 64;
+    int started = 0;
+    // This thread works too; the others only add disk queue depth.
+    for (; started < threads - 1; started++)
+        if (pthread_create(&tids[started], NULL, fsync_worker, &job) != 0) break;
+    fsync_worker(&job);
+    for (int i = 0; i < started; i++) pthread_join(tids[i], NULL);
+    *failed_index = job.failed_index;
+    return job.failed_index >= 0 ? -job.failed_errno : 0;
 }
