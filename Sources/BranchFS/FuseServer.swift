@@ -13,15 +13,6 @@ protocol ViewProvider: AnyObject, Sendable {
     func liveBranchIDs() -> [String]
 }
 
-/// An open file: the fd in the layer that holds it (the upper once opened for writing).
-final class FileHandle {
-    let fd: Int32
-    let view: View
-    let writable: Bool
-    init(fd: Int32, view: View, writable: Bool) { self.fd = fd; self.view = view; self.writable = writable }
-    deinit { close(fd) }
-}
-
 /// The libfuse low-level adapter: one session serves every branch at `<mount>/<id>/`.
 /// Each handler is short: find the node, check the branch may do it, call the view, reply.
 /// Caches: the kernel may keep entries, attributes and pages for an hour, because every change
@@ -170,7 +161,8 @@ final class FuseServer: @unchecked Sendable {
 
     private func forget(_ ino: UInt64, _ count: UInt64) {
         nodesLock.locked {
-            guard let n = nodes[ino], let view = n.view, n !== view.root || view.deadErrno != 0 else { return }
+            guard let n = nodes[ino], ino != Self.rootIno else { return }
+            if let view = n.view, n === view.root, view.deadErrno == 0 { return } // live branch roots stay
             n.lookups = n.lookups > count ? n.lookups - count : 0
             if n.lookups == 0 {
                 nodes[ino] = nil
@@ -276,7 +268,7 @@ final class FuseServer: @unchecked Sendable {
     /// Runs `body` for node `ino` of a live view, with the locks its access needs.
     private func withNode<T>(_ ino: UInt64, _ access: Access, _ body: (Node, View) throws(FSError) -> T) throws(FSError) -> T {
         guard let n = node(ino) else { throw FSError(ENOENT) }
-        guard let view = n.view else { throw FSError(access == .write ? EROFS : EPERM) }
+        guard let view = n.view else { throw FSError(ino == Self.rootIno ? (access == .write ? EROFS : EPERM) : ESTALE) }
         if view.deadErrno != 0 { throw FSError(view.deadErrno) }
         switch access {
         case .read:
@@ -292,12 +284,17 @@ final class FuseServer: @unchecked Sendable {
 
     func timeout(_ view: View?) -> Double { view?.id == BranchStore.mainID ? Self.mainTimeout : Self.branchTimeout }
 
-    private func replyEntry(_ req: fuse_req_t?, _ n: Node, _ st: stat) {
+    private func entry(_ n: Node, _ st: stat) -> fuse_entry_param {
         var e = fuse_entry_param()
         e.ino = n.ino
         e.attr = st
         e.attr_timeout = timeout(n.view)
         e.entry_timeout = timeout(n.view)
+        return e
+    }
+
+    private func replyEntry(_ req: fuse_req_t?, _ n: Node, _ st: stat) {
+        var e = entry(n, st)
         fuse_reply_entry(req, &e)
     }
 
@@ -361,7 +358,7 @@ final class FuseServer: @unchecked Sendable {
             return
         }
         var st = try withNode(ino, .read) { (n, view) throws(FSError) -> stat in
-            let fd = fi.flatMap { Self.handle($0) as FileHandle? }?.fd ?? n.orphanFD
+            let fd = n.orphanFD
             if fd >= 0 {
                 var st = stat()
                 guard fstat(fd, &st) == 0 else { throw .last("fstat") }
@@ -388,14 +385,10 @@ final class FuseServer: @unchecked Sendable {
                 guard fchownat(fd, rel, u, g, AT_SYMLINK_NOFOLLOW) == 0 else { throw .last("chown") }
             }
             if toSet & FUSE_SET_ATTR_SIZE != 0 {
-                if let fi, let h = Self.handle(fi) as FileHandle?, h.writable {
-                    guard ftruncate(h.fd, a.st_size) == 0 else { throw .last("ftruncate") }
-                } else {
-                    let f = openat(fd, rel, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
-                    guard f >= 0 else { throw .last("open for truncate") }
-                    defer { close(f) }
-                    guard ftruncate(f, a.st_size) == 0 else { throw .last("truncate") }
-                }
+                let f = openat(fd, rel, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
+                guard f >= 0 else { throw .last("open for truncate") }
+                defer { close(f) }
+                guard ftruncate(f, a.st_size) == 0 else { throw .last("truncate") }
             }
             let timeBits = FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW
             if toSet & timeBits != 0 {
@@ -435,7 +428,13 @@ final class FuseServer: @unchecked Sendable {
     /// Creates a new entry with `make(upperFD, rel, needsOpaque)` and replies with its entry.
     private func createEntry(_ req: fuse_req_t?, _ parentIno: UInt64, _ name: String,
                              _ make: (Int32, String, Bool) throws(FSError) -> Void) throws(FSError) {
-        let (n, st) = try withNode(parentIno, .write) { (dir, view) throws(FSError) -> (Node, stat) in
+        let (n, st) = try makeEntry(req, parentIno, name, make)
+        replyEntry(req, n, st)
+    }
+
+    private func makeEntry(_ req: fuse_req_t?, _ parentIno: UInt64, _ name: String,
+                           _ make: (Int32, String, Bool) throws(FSError) -> Void) throws(FSError) -> (Node, stat) {
+        try withNode(parentIno, .write) { (dir, view) throws(FSError) -> (Node, stat) in
             try view.resolve(dir)
             guard dir.isDirectory else { throw FSError(ENOTDIR) }
             if view.probe(dir, name) != nil { throw FSError(EEXIST) }
@@ -451,7 +450,6 @@ final class FuseServer: @unchecked Sendable {
             n.generation = view.generation
             return (n, st)
         }
-        replyEntry(req, n, st)
     }
 
     func mknod(_ req: fuse_req_t?, _ parent: UInt64, _ name: String, _ mode: mode_t, _ rdev: UInt64) throws(FSError) {
@@ -551,23 +549,6 @@ final class FuseServer: @unchecked Sendable {
         replyEntry(req, n, st)
     }
 
-    static func handle<T: AnyObject>(_ fi: UnsafeMutablePointer<fuse_file_info>) -> T? {
-        let fh = cbfs_fi_fh(fi)
-        guard fh != 0, let p = UnsafeRawPointer(bitPattern: UInt(fh)) else { return nil }
-        return Unmanaged<AnyObject>.fromOpaque(p).takeUnretainedValue() as? T
-    }
-
-    private static func setHandle(_ fi: UnsafeMutablePointer<fuse_file_info>, _ h: AnyObject) {
-        cbfs_fi_set_fh(fi, UInt64(UInt(bitPattern: Unmanaged.passRetained(h).toOpaque())))
-    }
-
-    static func releaseHandle(_ fi: UnsafeMutablePointer<fuse_file_info>) {
-        let fh = cbfs_fi_fh(fi)
-        guard fh != 0, let p = UnsafeRawPointer(bitPattern: UInt(fh)) else { return }
-        Unmanaged<AnyObject>.fromOpaque(p).release()
-    }
-
-
     /// The fd to read node `ino` through: its orphan fd once unlinked, else its topmost layer's file.
     private func readFD(_ ino: UInt64) throws(FSError) -> (fd: Int32, owned: Bool) {
         try withNode(ino, .read) { (n, view) throws(FSError) in
@@ -598,43 +579,18 @@ final class FuseServer: @unchecked Sendable {
     }
 
     func create(_ req: fuse_req_t?, _ parentIno: UInt64, _ name: String, _ mode: mode_t, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
-        let flags = cbfs_fi_flags(fi)
-        var handle: FileHandle?
-        let (n, st) = try withNode(parentIno, .write) { (dir, view) throws(FSError) -> (Node, stat) in
-            try view.resolve(dir)
-            guard dir.isDirectory else { throw FSError(ENOTDIR) }
-            if view.probe(dir, name) != nil { throw FSError(EEXIST) }
-            _ = try view.prepareNewEntry(dir, name)
-            let rel = dir.path.appending(component: name)
-            // Read-write whatever the caller asked: the kernel only sends what its open allows.
-            let fd = openat(view.upper.fd, rel, (flags & (O_APPEND | O_SYNC | O_DSYNC)) | O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
+        let (n, st) = try makeEntry(req, parentIno, name) { (dir, rel, _) throws(FSError) in
+            let fd = openat(dir, rel, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
             guard fd >= 0 else { throw .last("create") }
-            handle = FileHandle(fd: fd, view: view, writable: true)
-            ownNew(view, dir, rel, req)
-            detach(dir, name)
-            let n = child(dir, name, isDirectory: false)
-            n.top = 0
-            n.generation = view.generation
-            var st = stat()
-            fstat(fd, &st)
-            return (n, st)
+            close(fd)
         }
-        var e = fuse_entry_param()
-        e.ino = n.ino
-        e.attr = st
-        e.attr_timeout = timeout(n.view)
-        e.entry_timeout = timeout(n.view)
+        var e = entry(n, st)
         cbfs_fi_set_cache(fi, 1, 0)
-        Self.setHandle(fi, handle!)
+        cbfs_fi_set_fh(fi, 0) // stateless like every open: reads and writes name the inode
         fuse_reply_create(req, &e, fi)
     }
 
     func read(_ req: fuse_req_t?, _ ino: UInt64, _ size: Int, _ off: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) throws(FSError) {
-        if let fi, let h = Self.handle(fi) as FileHandle? {
-            if h.view.deadErrno != 0 { throw FSError(h.view.deadErrno) }
-            _ = cbfs_reply_fd(req, h.fd, size, off)
-            return
-        }
         let (fd, owned) = try readFD(ino)
         defer { if owned { close(fd) } }
         _ = cbfs_reply_fd(req, fd, size, off)
@@ -646,16 +602,6 @@ final class FuseServer: @unchecked Sendable {
             guard n >= 0 else { throw .last("write") }
             return n
         }
-        if let fi, let h = Self.handle(fi) as FileHandle?, h.writable {
-            let view = h.view
-            let n = try view.writeGate.reading { () throws(FSError) -> Int in
-                if view.deadErrno != 0 { throw FSError(view.deadErrno) }
-                if view.frozen { throw FSError(EROFS) }
-                return try put(h.fd)
-            }
-            fuse_reply_write(req, n)
-            return
-        }
         fuse_reply_write(req, try withWritableFD(ino, put))
     }
 
@@ -663,11 +609,9 @@ final class FuseServer: @unchecked Sendable {
         let sync = { (fd: Int32) throws(FSError) in
             guard (datasync != 0 ? fdatasync(fd) : Glibc.fsync(fd)) == 0 else { throw .last("fsync") }
         }
-        if let fi, let h = Self.handle(fi) as FileHandle? { try sync(h.fd) } else {
-            let (fd, owned) = try readFD(ino)
-            defer { if owned { close(fd) } }
-            try sync(fd)
-        }
+        let (fd, owned) = try readFD(ino)
+        defer { if owned { close(fd) } }
+        try sync(fd)
         fuse_reply_err(req, 0)
     }
 
@@ -794,7 +738,7 @@ final class FuseServer: @unchecked Sendable {
         ops.write = { req, ino, buf, size, off, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).write(req, ino, buf!, size, off, fi) } }
         // Nothing to do on close: ENOSYS makes the kernel stop sending FLUSH at all.
         ops.flush = { req, _, _ in fuse_reply_err(req, ENOSYS) }
-        ops.release = { req, _, fi in if let fi { FuseServer.releaseHandle(fi) }; fuse_reply_err(req, 0) }
+        ops.release = { req, _, _ in fuse_reply_err(req, 0) } // only files made by CREATE get one
         ops.fsync = { req, ino, datasync, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).fsync(req, ino, datasync, fi) } }
         // Zero-message opendir too: the kernel then caches listings (FOPEN_CACHE_DIR).
         ops.opendir = { req, _, _ in fuse_reply_err(req, ENOSYS) }

@@ -20,7 +20,9 @@ final class Layer: @unchecked Sendable {
 /// view generation and recomputed after a commit changed the layers underneath.
 final class Node: @unchecked Sendable {
     let ino: UInt64
-    let view: View?
+    /// Weak: a view owns its root node, and a dead view must free its layer fds even while
+    /// the kernel still holds some of its nodes (they then answer ESTALE).
+    weak var view: View?
     var parent: Node?
     var name: String
     var lookups: UInt64 = 0

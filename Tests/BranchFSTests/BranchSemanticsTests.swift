@@ -176,4 +176,21 @@ final class BranchSemanticsTests: BranchFSTestCase {
         XCTAssertEqual(st.st_nlink, 0)
         XCTAssertFalse(exists(p))
     }
+
+    func testDeadBranchesGiveBackTheirFileDescriptors() throws {
+        func openFDs() throws -> Int { try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count }
+        _ = get(path("main") + "/README")
+        let before = try openFDs()
+        for _ in 0..<40 {
+            let a = try branch()
+            try put(path(a) + "/x", "x")
+            XCTAssertEqual(get(path(a) + "/README"), "hello\n")
+            try fs.abort(a)
+        }
+        let winner = try branch()
+        _ = try branch()
+        try put(path(winner) + "/y", "y")
+        _ = try fs.commit(winner)
+        XCTAssertLessThanOrEqual(try openFDs(), before + 2, "each dead view closes its layer directories")
+    }
 }
