@@ -285,8 +285,10 @@ final class View: @unchecked Sendable {
             }
             from = (work.fd, tmp)
         }
-        if targetExists || dstBelow, let st = Overlay.lstat(upper.fd, dstRel), st.st_mode & S_IFMT == S_IFDIR {
-            try Overlay.removeTree(upper.fd, dstRel) // merged-empty: whiteouts only
+        // A merged-empty directory (whiteouts only) or a whiteout: a directory cannot be
+        // renamed over either, and neither belongs to the branch's view.
+        if let st = Overlay.lstat(upper.fd, dstRel), st.st_mode & S_IFMT == S_IFDIR || Overlay.isWhiteout(st) {
+            try Overlay.removeTree(upper.fd, dstRel)
         }
         guard renameat(from.fd, from.rel, upper.fd, dstRel) == 0 else {
             let e = FSError.last("rename")
@@ -294,9 +296,6 @@ final class View: @unchecked Sendable {
             throw e
         }
         if isDir && dstBelow { try Overlay.setOpaque(upper.fd, dstRel) }
-        if from.fd == upper.fd || Overlay.lstat(upper.fd, srcRel) != nil {
-            // the upper's entry has moved (or a stale whiteout/copy remains): nothing at srcRel now but a possible whiteout
-        }
         if srcBelow {
             if let st = Overlay.lstat(upper.fd, srcRel), !Overlay.isWhiteout(st) { try Overlay.removeTree(upper.fd, srcRel) }
             if Overlay.lstat(upper.fd, srcRel) == nil { try Overlay.makeWhiteout(upper.fd, srcRel) }

@@ -98,6 +98,21 @@ final class BranchSemanticsTests: BranchFSTestCase {
         XCTAssertFalse(exists(workspace + "/README"))
     }
 
+    func testADirectoryRenamedOntoADeletedNameReplacesIt() throws {
+        let a = try branch()
+        let p = path(a)
+        XCTAssertEqual(unlink(p + "/docs/a/b/deep.txt"), 0)
+        XCTAssertEqual(rmdir(p + "/docs/a/b"), 0)
+        XCTAssertEqual(rmdir(p + "/docs/a"), 0)
+        XCTAssertEqual(rmdir(p + "/docs"), 0)
+        XCTAssertEqual(mkdir(p + "/fresh", 0o755), 0)
+        try put(p + "/fresh/new.txt", "new\n")
+        XCTAssertEqual(rename(p + "/fresh", p + "/docs"), 0, String(cString: strerror(errno)))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: p + "/docs"), ["new.txt"])
+        _ = try fs.commit(a)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: workspace + "/docs"), ["new.txt"])
+    }
+
     func testAbortThrowsTheDeltaAwayAndUnfreezesTheParent() throws {
         let a = try branch()
         try put(path(a) + "/junk", "junk\n")
@@ -178,19 +193,25 @@ final class BranchSemanticsTests: BranchFSTestCase {
     }
 
     func testDeadBranchesGiveBackTheirFileDescriptors() throws {
-        func openFDs() throws -> Int { try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count }
-        _ = get(path("main") + "/README")
-        let before = try openFDs()
+        /// fds of this process (which hosts the FUSE server) open on the deltas of `ids`.
+        func fds(on ids: [String]) throws -> [String] {
+            try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").compactMap { fd in
+                try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + fd)
+            }.filter { target in target.contains("/trash/") || ids.contains { target.contains("/layers/" + $0) || target.contains("/work/" + $0) } }
+        }
+        var dead: [String] = []
         for _ in 0..<40 {
             let a = try branch()
             try put(path(a) + "/x", "x")
             XCTAssertEqual(get(path(a) + "/README"), "hello\n")
             try fs.abort(a)
+            dead.append(a)
         }
-        let winner = try branch()
-        _ = try branch()
+        let winner = try branch(), loser = try branch()
         try put(path(winner) + "/y", "y")
+        try put(path(loser) + "/z", "z")
         _ = try fs.commit(winner)
-        XCTAssertLessThanOrEqual(try openFDs(), before + 2, "each dead view closes its layer directories")
+        dead += [winner, loser]
+        XCTAssertEqual(try fds(on: dead), [], "each dead view closes its layer directories and files")
     }
 }
