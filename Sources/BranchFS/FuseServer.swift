@@ -328,15 +328,7 @@ final class FuseServer: @unchecked Sendable {
             try view.resolve(dir)
             guard dir.isDirectory else { throw FSError(ENOTDIR) }
             guard let p = view.probe(dir, name) else { return nil }
-            let linked = p.top == 0 && p.dirLayers.isEmpty && p.st.st_nlink > 1
-            if linked, let n = hardlinkNode(view, p.st, dir, name) { return (n, p.st) }
-            let n = child(dir, name, isDirectory: !p.dirLayers.isEmpty)
-            if linked { registerHardlink(view, p.st, n) }
-            n.top = p.top
-            n.dirLayers = p.dirLayers
-            n.isDirectory = !p.dirLayers.isEmpty
-            n.generation = view.generation
-            return (n, p.st)
+            return (lookedUp(dir, name, p, view), p.st)
         }
         guard let (n, st) = found else {
             // Negative entry, cached like the rest; a commit invalidates the names it adds.
@@ -346,6 +338,20 @@ final class FuseServer: @unchecked Sendable {
             return
         }
         replyEntry(req, n, st)
+    }
+
+    /// The node for an entry the kernel is told about (one more lookup), with its resolution.
+    /// Hard-linked upper files share one node.
+    private func lookedUp(_ dir: Node, _ name: String, _ p: View.Probe, _ view: View) -> Node {
+        let linked = p.top == 0 && p.dirLayers.isEmpty && p.st.st_nlink > 1
+        if linked, let n = hardlinkNode(view, p.st, dir, name) { return n }
+        let n = child(dir, name, isDirectory: !p.dirLayers.isEmpty)
+        if linked { registerHardlink(view, p.st, n) }
+        n.top = p.top
+        n.dirLayers = p.dirLayers
+        n.isDirectory = !p.dirLayers.isEmpty
+        n.generation = view.generation
+        return n
     }
 
     func getattr(_ req: fuse_req_t?, _ ino: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>?) throws(FSError) {
@@ -615,38 +621,61 @@ final class FuseServer: @unchecked Sendable {
         fuse_reply_err(req, 0)
     }
 
-    func readdir(_ req: fuse_req_t?, _ ino: UInt64, _ size: Int, _ off: off_t) throws(FSError) {
-        let entries: [(name: String, ino: UInt64, type: UInt8)]
-        if ino == Self.rootIno {
-            entries = (provider?.liveBranchIDs() ?? []).map { ($0, 0, UInt8(DT_DIR)) }
-        } else {
-            entries = try withNode(ino, .read) { (n, view) throws(FSError) in
-                // The kernel reads a listing in pieces from offset 0: build it once per pass,
-                // not once per piece (a 100k-entry directory would be quadratic).
-                if off > 0, let cached = n.listing, n.listingGeneration == view.generation { return cached }
-                try view.resolve(n)
-                guard n.isDirectory else { throw FSError(ENOTDIR) }
-                let list = try view.list(n)
-                n.listing = list
-                n.listingGeneration = view.generation
-                return list
-            }
-        }
-        let all = [(name: ".", ino: UInt64(0), type: UInt8(DT_DIR)), (name: "..", ino: UInt64(0), type: UInt8(DT_DIR))] + entries
+    /// READDIR and READDIRPLUS. The plus form (the kernel asks for it when a listing is
+    /// followed by stats, as in `ls -l` or a walk) answers each entry's lookup in the same
+    /// round trip, counting a lookup only for the entries that fit in the reply.
+    func readdir(_ req: fuse_req_t?, _ ino: UInt64, _ size: Int, _ off: off_t, plus: Bool) throws(FSError) {
         var buf = [CChar](repeating: 0, count: size)
         var used = 0
-        var i = Int(off)
-        while i < all.count {
-            let e = all[i]
+        /// Adds entry `i` (`lookup` makes its node, or nil for a bare entry); false when full.
+        func add(_ i: Int, _ e: (name: String, ino: UInt64, type: UInt8), lookup: (() -> (Node, stat)?)?) -> Bool {
             var st = stat()
             st.st_ino = ino_t(e.ino == 0 ? UInt64(i + 1) : e.ino)
             st.st_mode = mode_t(e.type) << 12
-            let need = buf.withUnsafeMutableBufferPointer { b in
-                fuse_add_direntry(req, b.baseAddress! + used, size - used, e.name, &st, off_t(i + 1))
+            let room = size - used
+            return buf.withUnsafeMutableBufferPointer { b -> Bool in
+                let dst = b.baseAddress! + used
+                guard plus else {
+                    let need = fuse_add_direntry(req, dst, room, e.name, &st, off_t(i + 1))
+                    if need > room { return false }
+                    used += need
+                    return true
+                }
+                guard fuse_add_direntry_plus(req, nil, 0, e.name, nil, 0) <= room else { return false }
+                var entry = fuse_entry_param()
+                entry.attr = st
+                if let (n, nst) = lookup?() { entry = self.entry(n, nst) }
+                used += fuse_add_direntry_plus(req, dst, room, e.name, &entry, off_t(i + 1))
+                return true
             }
-            if need > size - used { break }
-            used += need
-            i += 1
+        }
+        let dots = [(name: ".", ino: UInt64(0), type: UInt8(DT_DIR)), (name: "..", ino: UInt64(0), type: UInt8(DT_DIR))]
+        if ino == Self.rootIno {
+            let all = dots + (provider?.liveBranchIDs() ?? []).map { ($0, UInt64(0), UInt8(DT_DIR)) }
+            var i = Int(off)
+            while i < all.count, add(i, all[i], lookup: nil) { i += 1 }
+        } else {
+            try withNode(ino, .read) { (n, view) throws(FSError) in
+                // The kernel reads a listing in pieces from offset 0: build it once per pass,
+                // not once per piece (a 100k-entry directory would be quadratic).
+                if !(off > 0 && n.listing != nil && n.listingGeneration == view.generation) {
+                    try view.resolve(n)
+                    guard n.isDirectory else { throw FSError(ENOTDIR) }
+                    n.listing = try view.list(n)
+                    n.listingGeneration = view.generation
+                }
+                let all = dots + n.listing!
+                var i = Int(off)
+                while i < all.count {
+                    let e = all[i]
+                    let lookup: (() -> (Node, stat)?)? = i < 2 ? nil : {
+                        guard let p = view.probe(n, e.name) else { return nil }
+                        return (self.lookedUp(n, e.name, p, view), p.st)
+                    }
+                    guard add(i, e, lookup: lookup) else { break }
+                    i += 1
+                }
+            }
         }
         fuse_reply_buf(req, buf, used)
     }
@@ -742,7 +771,8 @@ final class FuseServer: @unchecked Sendable {
         ops.fsync = { req, ino, datasync, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).fsync(req, ino, datasync, fi) } }
         // Zero-message opendir too: the kernel then caches listings (FOPEN_CACHE_DIR).
         ops.opendir = { req, _, _ in fuse_reply_err(req, ENOSYS) }
-        ops.readdir = { req, ino, size, off, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).readdir(req, ino, size, off) } }
+        ops.readdir = { req, ino, size, off, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).readdir(req, ino, size, off, plus: false) } }
+        ops.readdirplus = { req, ino, size, off, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).readdir(req, ino, size, off, plus: true) } }
         ops.fsyncdir = { req, _, _, _ in fuse_reply_err(req, 0) }
         ops.statfs = { req, ino in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).statfs(req, ino) } }
         ops.setxattr = { req, ino, name, value, size, flags in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).setxattr(req, ino, FuseServer.cname(name), value, size, flags) } }

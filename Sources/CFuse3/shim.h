@@ -37,7 +37,9 @@ static inline void cbfs_conn_configure(struct fuse_conn_info *conn, unsigned max
     if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
     // The workspace (main) can change behind our back: drop its pages when its mtime moves.
     if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
-    conn->want &= ~(unsigned)FUSE_CAP_READDIRPLUS;
+    // READDIRPLUS only when the kernel sees stats follow a listing (a plain find stays cheap).
+    if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+    if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
     // Opens are zero-message (ENOSYS), so O_TRUNC must reach us as a SETATTR, not an OPEN flag.
     conn->want &= ~(unsigned)FUSE_CAP_ATOMIC_O_TRUNC;
     conn->max_write = max_write;
