@@ -30,7 +30,7 @@ public struct CommitResult: Equatable, Sendable {
 /// journal was written (roll-forward) and drops the staging of one that was not (roll-back),
 /// and lazily unmounts a stale FUSE mount at `mountPoint`.
 ///
-/// State layout: `branches.json` (registry), `layers/<id>/` (a branch's upper, overlayfs format),
+/// State layout: `branches.json` + `branches.log` (registry), `layers/<id>/` (a branch's upper, overlayfs format),
 /// `work/<id>/` (copy-ups in progress), `journal/<commit>.json`, `staging/<commit>/`.
 public final class BranchFS: @unchecked Sendable, ViewProvider {
     public let workspace: String
@@ -70,6 +70,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         server = FuseServer(mountPoint: self.mountPoint)
         server.provider = self
         try recover()
+        Durability.startPool() // its threads exist before the first commit needs them
         do { try server.start() } catch { throw .io("FUSE mount at \(self.mountPoint): \(error.what)", errno: error.errno) }
     }
 
@@ -179,17 +180,17 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                     throw .io("commit \(id): \(error.what)", errno: error.errno)
                 }
                 // The journal is on disk: from here on recovery rolls this commit forward.
-                let (epoch, invalidated) = try store.commit(id, syncDirectory: false) // synced with the apply
+                let (epoch, invalidated) = try store.commit(id) // one fsync'd append
                 trace.mark("registry")
                 let dead = [child] + invalidated.compactMap { views[$0] }
                 do throws(FSError) {
                     try server.tree.writing { () throws(FSError) in
                         trace.mark("tree lock")
                         for v in dead { v.deadErrno = ESTALE }
-                        let touched = try Committer.apply(plan)
+                        let touched = try Committer.apply(plan, trash: stateDirectory + "/trash/" + plan.id)
                         trace.mark("apply")
                         // Applied and recorded for good before the journal goes.
-                        try Durability.fsyncAll(touched + [stateDirectory])
+                        try Durability.fsyncAll(touched)
                         trace.mark("fsync applied (\(touched.count + 1))")
                         parent.generation += 1
                         parent.frozen = !store.liveChildren(of: parentID).isEmpty
@@ -284,6 +285,8 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         // Durably gone before anyone can write the parent again: a replay over newer writes would undo them.
         _ = cbfs_fsync_at(AT_FDCWD, stateDirectory + "/journal")
         if let s = plan.staging { discard(s) }
+        let replaced = stateDirectory + "/trash/" + plan.id
+        janitor.async { try? Overlay.removeTree(AT_FDCWD, replaced) }
         // Installed files were hard links of the child's: drop those names now, so the
         // workspace's files report their true link count when commit returns.
         for op in plan.ops { if case let .install(rel, _) = op { unlinkat(AT_FDCWD, plan.childUpper + "/" + rel, 0) } }
@@ -312,7 +315,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             guard name.hasSuffix(".json"), let plan = Committer.read(file) else { unlink(file); continue }
             if let b = store.branches[plan.child], b.state == .active { _ = try store.commit(plan.child) }
             do throws(FSError) {
-                try Durability.fsyncAll(try Committer.apply(plan) + [stateDirectory + "/branches.json", stateDirectory])
+                try Durability.fsyncAll(try Committer.apply(plan))
             } catch { throw .io("replaying commit \(plan.id) of \(plan.child): \(error.what)", errno: error.errno) }
             live.insert(plan.id)
             finish(plan)

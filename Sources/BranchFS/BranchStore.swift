@@ -61,8 +61,8 @@ public enum BranchError: Error, Equatable, CustomStringConvertible {
 
 /// The branch registry: ids, parents, epochs and states, with the rules of DESIGN §5.
 /// Forking copies nothing (a record); the first commit into a parent wins and every sibling
-/// forked from the same parent state is invalidated. The registry is saved atomically
-/// (temp file, fsync, rename) after every change, so it survives a daemon restart.
+/// forked from the same parent state is invalidated. Every change is persisted (see
+/// "persistence" below), so the registry survives a daemon restart.
 ///
 /// This is the pure-logic core of BranchFS: the delta store and the FUSE server (issue 3)
 /// consult it for what each view may do; it knows nothing of files or jails.
@@ -77,7 +77,7 @@ public final class BranchStore {
         file = stateDirectory.map { $0 + "/branches.json" }
         branches[Self.mainID] = Branch(id: Self.mainID, parent: nil, forkEpoch: 0, epoch: 0, state: .active)
         order = [Self.mainID]
-        if let file, access(file, F_OK) == 0 { try load(file) }
+        try load()
     }
 
     public func list() -> [Branch] { order.compactMap { branches[$0] } }
@@ -110,15 +110,14 @@ public final class BranchStore {
         // Not fsynced (a fork costs ~1 ms less): rename is atomic against a killed daemon, and
         // against power loss a branch is no safer than its own writes, which are not fsynced
         // either until its commit.
-        try save(durable: false)
+        try save(made.map(\.id), durable: false)
         return made
     }
 
     /// Commits `id` into its parent. First commit wins: it succeeds only if the parent has not
     /// moved since the fork; it then bumps the parent's epoch and invalidates every other live
     /// child of the parent (and their descendants).
-    /// `syncDirectory: false` leaves the fsync of the state directory to the caller.
-    public func commit(_ id: String, syncDirectory: Bool = true) throws(BranchError) -> (epoch: UInt64, invalidated: [String]) {
+    public func commit(_ id: String) throws(BranchError) -> (epoch: UInt64, invalidated: [String]) {
         try checkCommit(id)
         var b = try info(id)
         var p = try info(b.parent!)
@@ -132,7 +131,7 @@ public final class BranchStore {
         for sibling in liveChildren(of: p.id) {
             invalidated += try invalidate(sibling.id, by: id, saving: false)
         }
-        try save(syncDirectory: syncDirectory)
+        try save([id, p.id] + invalidated)
         return (p.epoch, invalidated)
     }
 
@@ -160,10 +159,9 @@ public final class BranchStore {
         guard id != Self.mainID else { throw .invalidRequest("main is the workspace: it cannot be aborted") }
         let b = try info(id)
         guard b.state == .active else { throw .notActive(id, b.state) }
-        for d in [id] + descendants(of: id) where branches[d]?.state == .active {
-            branches[d]?.state = .aborted
-        }
-        try save()
+        let gone = ([id] + descendants(of: id)).filter { branches[$0]?.state == .active }
+        for d in gone { branches[d]?.state = .aborted }
+        try save(gone)
     }
 
     /// Marks a branch and its live descendants invalidated; returns their ids.
@@ -175,7 +173,7 @@ public final class BranchStore {
             branches[d]?.invalidatedBy = winner
             done.append(d)
         }
-        if saving { try save() }
+        if saving { try save(done) }
         return done
     }
 
@@ -200,39 +198,74 @@ public final class BranchStore {
     }
 
     // MARK: - persistence
+    //
+    // A snapshot (`branches.json`, replaced atomically and durably) plus a log of upserted
+    // records (`branches.log`, one JSON object per line, appended). A fork appends its records
+    // without fsync, so its cost does not grow with the history; commit and abort append and
+    // fsync. A torn tail line (power loss mid-append) ends the log: what precedes it is intact,
+    // because appends never rewrite. Every `compactEvery` lines the log folds into the snapshot.
 
-    func json() -> JSON {
-        .object([("version", .int(1)), ("branches", .array(list().map { b in
-            .object([
-                ("id", .string(b.id)), ("parent", b.parent.map { .string($0) } ?? .null),
-                ("fork_epoch", .int(Int64(b.forkEpoch))), ("epoch", .int(Int64(b.epoch))), ("state", .string(b.state.rawValue)),
-                ("last_commit_from", b.lastCommitFrom.map { .string($0) } ?? .null),
-                ("invalidated_by", b.invalidatedBy.map { .string($0) } ?? .null),
-            ])
-        }))])
+    static let compactEvery = 512
+    var logFile: String? { file.map { $0.dropLast(".json".count) + ".log" } }
+    private var logLines = 0
+
+    func record(_ b: Branch) -> JSON {
+        .object([
+            ("id", .string(b.id)), ("parent", b.parent.map { .string($0) } ?? .null),
+            ("fork_epoch", .int(Int64(b.forkEpoch))), ("epoch", .int(Int64(b.epoch))), ("state", .string(b.state.rawValue)),
+            ("last_commit_from", b.lastCommitFrom.map { .string($0) } ?? .null),
+            ("invalidated_by", b.invalidatedBy.map { .string($0) } ?? .null),
+        ])
     }
 
-    /// Writes the registry atomically (temp file, rename). `durable` fsyncs the file before the
-    /// rename; `syncDirectory` then fsyncs the directory (a caller batching fsyncs does that itself).
-    func save(durable: Bool = true, syncDirectory: Bool = true) throws(BranchError) {
-        guard let file else { return }
+    func json() -> JSON {
+        .object([("version", .int(1)), ("branches", .array(list().map(record)))])
+    }
+
+    /// Persists the records of `ids`: appended to the log, fsynced when `durable`.
+    func save(_ ids: [String], durable: Bool = true) throws(BranchError) {
+        guard let logFile else { return }
+        if logLines >= Self.compactEvery { return try compact() }
+        let text = ids.compactMap { branches[$0] }.map { record($0).text + "\n" }.joined()
+        let fd = open(logFile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .io("open \(logFile)", errno: errno) }
+        let ok = text.withCString { write(fd, $0, strlen($0)) } == text.utf8.count && (!durable || fsync(fd) == 0)
+        let e = errno
+        close(fd)
+        guard ok else { throw .io("append to \(logFile)", errno: e) }
+        if logLines == 0 { syncDirectory() } // the log file itself is new
+        logLines += ids.count
+    }
+
+    /// Folds the log into a new snapshot (temp, fsync, rename, fsync of the directory), then
+    /// empties the log. A crash in between only replays records the snapshot already has.
+    func compact() throws(BranchError) {
+        guard let file, let logFile else { return }
         let tmp = file + ".tmp"
         let text = json().text + "\n"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .io("create \(tmp)", errno: errno) }
-        let ok = text.withCString { write(fd, $0, strlen($0)) } == text.utf8.count && (!durable || fsync(fd) == 0)
+        let ok = text.withCString { write(fd, $0, strlen($0)) } == text.utf8.count && fsync(fd) == 0
         let e = errno
         close(fd)
         guard ok else { unlink(tmp); throw .io("write \(tmp)", errno: e) }
         guard rename(tmp, file) == 0 else { throw .io("rename \(tmp)", errno: errno) }
-        guard durable && syncDirectory else { return }
+        syncDirectory()
+        let log = open(logFile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        if log >= 0 { fsync(log); close(log) }
+        logLines = 0
+    }
+
+    private func syncDirectory() {
+        guard let file else { return }
         let dir = open(String(file[..<file.lastIndex(of: "/")!]), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if dir >= 0 { fsync(dir); close(dir) }
     }
 
-    func load(_ file: String) throws(BranchError) {
-        let fd = open(file, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .io("open \(file)", errno: errno) }
+    static func readAll(_ path: String) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -240,22 +273,39 @@ public final class BranchStore {
             if n <= 0 { break }
             bytes += chunk[0..<n]
         }
-        close(fd)
-        let parsed: JSON
-        do { parsed = try JSON.parse(bytes: &bytes) } catch { throw .invalidRequest("\(file): \(error)") }
-        guard let items = parsed["branches"]?.arrayValue else { throw .invalidRequest("\(file): no branches array") }
-        branches = [:]
-        order = []
-        for item in items {
-            guard let id = item["id"]?.stringValue, let stateText = item["state"]?.stringValue,
-                  let state = Branch.State(rawValue: stateText),
-                  let fork = item["fork_epoch"]?.intValue, let epoch = item["epoch"]?.intValue
-            else { throw .invalidRequest("\(file): malformed branch record") }
-            branches[id] = Branch(id: id, parent: item["parent"]?.stringValue, forkEpoch: UInt64(fork), epoch: UInt64(epoch),
-                                  state: state, lastCommitFrom: item["last_commit_from"]?.stringValue,
-                                  invalidatedBy: item["invalidated_by"]?.stringValue)
-            order.append(id)
+        return bytes
+    }
+
+    /// Upserts one record; nil when it is not a well-formed branch record.
+    func apply(_ item: JSON) -> Bool {
+        guard let id = item["id"]?.stringValue, let stateText = item["state"]?.stringValue,
+              let state = Branch.State(rawValue: stateText),
+              let fork = item["fork_epoch"]?.intValue, let epoch = item["epoch"]?.intValue else { return false }
+        if branches[id] == nil { order.append(id) }
+        branches[id] = Branch(id: id, parent: item["parent"]?.stringValue, forkEpoch: UInt64(fork), epoch: UInt64(epoch),
+                              state: state, lastCommitFrom: item["last_commit_from"]?.stringValue,
+                              invalidatedBy: item["invalidated_by"]?.stringValue)
+        return true
+    }
+
+    func load() throws(BranchError) {
+        guard let file, let logFile else { return }
+        if var bytes = Self.readAll(file) {
+            let parsed: JSON
+            do { parsed = try JSON.parse(bytes: &bytes) } catch { throw .invalidRequest("\(file): \(error)") }
+            guard let items = parsed["branches"]?.arrayValue else { throw .invalidRequest("\(file): no branches array") }
+            branches = [:]
+            order = []
+            for item in items where !apply(item) { throw .invalidRequest("\(file): malformed branch record") }
+        }
+        if let log = Self.readAll(logFile) {
+            for line in log.split(separator: UInt8(ascii: "\n")) {
+                var bytes = Array(line)
+                guard let item = try? JSON.parse(bytes: &bytes), apply(item) else { break } // a torn tail
+                logLines += 1
+            }
         }
         guard branches[Self.mainID] != nil else { throw .invalidRequest("\(file): no main branch") }
+        if logLines > 0 { try compact() } // also drops a torn tail
     }
 }

@@ -101,4 +101,30 @@ final class BranchStoreTests: XCTestCase {
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/branches.json.tmp"), "no temp file left behind")
     }
+
+    func testForksAreAppendedAndATornLogTailLosesNothingBeforeIt() throws {
+        let store = try BranchStore(stateDirectory: dir)
+        let kept = try store.create(count: 3)
+        _ = try store.commit(kept[0].id)
+        // Power loss in the middle of the next append: half a line, then garbage.
+        let log = dir + "/branches.log"
+        let fd = open(log, O_WRONLY | O_APPEND)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        _ = write(fd, "{\"id\":\"bhalf", 13)
+        close(fd)
+        let reopened = try BranchStore(stateDirectory: dir)
+        XCTAssertEqual(try reopened.info(kept[0].id).state, .committed)
+        XCTAssertEqual(try reopened.info(kept[1].id).state, .invalidated)
+        XCTAssertEqual(try reopened.info("main").epoch, 1)
+        XCTAssertEqual(reopened.list().count, 4)
+        XCTAssertEqual(try String(contentsOfFile: log, encoding: .utf8), "", "reopening folds the log into the snapshot")
+    }
+
+    func testTheLogIsFoldedIntoTheSnapshotPeriodically() throws {
+        let store = try BranchStore(stateDirectory: dir)
+        for _ in 0..<(BranchStore.compactEvery + 10) { _ = try store.create() }
+        let lines = try String(contentsOfFile: dir + "/branches.log", encoding: .utf8).split(separator: "\n").count
+        XCTAssertLessThan(lines, BranchStore.compactEvery)
+        XCTAssertEqual(try BranchStore(stateDirectory: dir).list().count, BranchStore.compactEvery + 11)
+    }
 }

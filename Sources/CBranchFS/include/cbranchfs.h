@@ -24,6 +24,6 @@ int cbfs_is_whiteout(mode_t mode, uint64_t rdev);
 uint64_t cbfs_makedev(unsigned major, unsigned minor);
 /// fsync of a regular file or directory given by path relative to dirfd (others: no-op); 0 or -errno.
 int cbfs_fsync_at(int dirfd, const char *path);
-/// fsyncs `n` paths (files or directories) from up to `max_threads` threads, so the disk sees
+/// fsyncs `n` paths (files or directories) from a persistent pool of threads, so the disk sees
 /// them together; 0, or -errno of a failure with its index in *failed_index.
 int cbfs_fsync_many(const char *const *paths, int n, int max_threads, int *failed_index);
