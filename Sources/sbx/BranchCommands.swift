@@ -33,9 +33,11 @@ struct BranchCreate: ParsableCommand {
         guard count >= 1 else { throw ValidationError("--count must be at least 1, got \(count)") }
     }
 
-    func run() throws {
-        let result = try daemon.call(.branchCreate, [("from", .string(from)), ("count", .int(Int64(count)))])
-        daemon.show(result) {
+    func run() throws { try Self.run(from: from, count: count, daemon.client) }
+
+    static func run(from: String, count: Int, _ client: DaemonClient) throws(ExitCode) {
+        let result = try client.call(.branchCreate, [("from", .string(from)), ("count", .int(Int64(count)))])
+        client.show(result) {
             for b in result["branches"]?.arrayValue ?? [] { printOut(b["id"].display + "\t" + b["path"].display) }
         }
     }
@@ -46,9 +48,11 @@ struct BranchList: ParsableCommand {
 
     @OptionGroup var daemon: DaemonOptions
 
-    func run() throws {
-        let result = try daemon.call(.branchList)
-        daemon.show(result) {
+    func run() throws { try Self.run(daemon.client) }
+
+    static func run(_ client: DaemonClient) throws(ExitCode) {
+        let result = try client.call(.branchList)
+        client.show(result) {
             var rows = [["ID", "PARENT", "STATE", "EPOCH", "FORK", "NOTE"]]
             for b in result["branches"]?.arrayValue ?? [] {
                 var note = b["frozen"] == .bool(true) ? "frozen" : ""
@@ -66,9 +70,11 @@ struct BranchInfo: ParsableCommand {
 
     @OptionGroup var target: OneBranch
 
-    func run() throws {
-        let result = try target.call(.branchInfo)
-        target.daemon.show(result) {
+    func run() throws { try Self.run(target.branch, target.daemon.client) }
+
+    static func run(_ branch: String, _ client: DaemonClient) throws(ExitCode) {
+        let result = try client.call(.branchInfo, [("branch", .string(branch))])
+        client.show(result) {
             let children = result["children"]?.arrayValue?.map(\.display) ?? []
             var rows = [
                 ["id", result["id"].display], ["parent", result["parent"].display], ["state", result["state"].display],
@@ -90,9 +96,11 @@ struct BranchDiff: ParsableCommand {
 
     @OptionGroup var target: OneBranch
 
-    func run() throws {
-        let result = try target.call(.branchDiff)
-        target.daemon.show(result) {
+    func run() throws { try Self.run(target.branch, target.daemon.client) }
+
+    static func run(_ branch: String, _ client: DaemonClient) throws(ExitCode) {
+        let result = try client.call(.branchDiff, [("branch", .string(branch))])
+        client.show(result) {
             let letters = ["added": "A", "modified": "M", "deleted": "D"]
             for c in result["changes"]?.arrayValue ?? [] {
                 printOut((letters[c["change"].display] ?? "?") + " " + c["path"].display)
@@ -107,9 +115,11 @@ struct BranchPath: ParsableCommand {
 
     @OptionGroup var target: OneBranch
 
-    func run() throws {
-        let result = try target.call(.branchInfo)
-        target.daemon.show(.object([("path", result["path"] ?? .null)])) { printOut(result["path"].display) }
+    func run() throws { try Self.run(target.branch, target.daemon.client) }
+
+    static func run(_ branch: String, _ client: DaemonClient) throws(ExitCode) {
+        let result = try client.call(.branchInfo, [("branch", .string(branch))])
+        client.show(.object([("path", result["path"] ?? .null)])) { printOut(result["path"].display) }
     }
 }
 
@@ -121,9 +131,11 @@ struct BranchCommit: ParsableCommand {
 
     @OptionGroup var target: OneBranch
 
-    func run() throws {
-        let result = try target.call(.branchCommit)
-        target.daemon.show(result) {
+    func run() throws { try Self.run(target.branch, target.daemon.client) }
+
+    static func run(_ branch: String, _ client: DaemonClient) throws(ExitCode) {
+        let result = try client.call(.branchCommit, [("branch", .string(branch))])
+        client.show(result) {
             let invalidated = result["invalidated"]?.arrayValue?.map(\.display) ?? []
             printOut("committed \(result["committed"].display) into \(result["into"].display) (epoch \(result["epoch"].display))"
                 + (invalidated.isEmpty ? "" : "; invalidated " + invalidated.joined(separator: " ")))
@@ -137,9 +149,11 @@ struct BranchAbort: ParsableCommand {
 
     @OptionGroup var target: OneBranch
 
-    func run() throws {
-        let result = try target.call(.branchAbort)
-        target.daemon.show(result) { printOut("aborted \(result["aborted"].display)") }
+    func run() throws { try Self.run(target.branch, target.daemon.client) }
+
+    static func run(_ branch: String, _ client: DaemonClient) throws(ExitCode) {
+        let result = try client.call(.branchAbort, [("branch", .string(branch))])
+        client.show(result) { printOut("aborted \(result["aborted"].display)") }
     }
 }
 
@@ -150,5 +164,4 @@ struct OneBranch: ParsableArguments {
 
     @OptionGroup var daemon: DaemonOptions
 
-    func call(_ method: Method) throws -> JSON { try daemon.call(method, [("branch", .string(branch))]) }
 }

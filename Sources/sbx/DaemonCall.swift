@@ -10,10 +10,19 @@ struct DaemonOptions: ParsableArguments {
     @Option(name: .long, help: "sandboxd's socket (default: $SBX_SOCKET, else \(SocketPath.defaultPath)).")
     var socket: String?
 
+    var client: DaemonClient { DaemonClient(json: json, socket: socket) }
+}
+
+/// Talks to sandboxd for one command and prints what comes back. A plain value (not a parsed
+/// command), so the hand parser of the common command lines can use it too.
+struct DaemonClient {
+    var json = false
+    var socket: String?
+
     /// Calls `method` on the daemon and returns its result. On an error it prints it (the error
     /// object on stdout with --json, one `sbx:` line on stderr without) and throws the exit status:
     /// 3 when another branch won (`conflict`, `stale`), 1 otherwise.
-    func call(_ method: Method, _ params: [(String, JSON)] = []) throws -> JSON {
+    func call(_ method: Method, _ params: [(String, JSON)] = []) throws(ExitCode) -> JSON {
         let path = SocketPath.resolve(option: socket)
         let outcome: Result<JSON, RPCError>
         do throws(ClientError) {

@@ -9,9 +9,11 @@ struct StatusCommand: ParsableCommand {
 
     @OptionGroup var daemon: DaemonOptions
 
-    func run() throws {
-        let s = try daemon.call(.status)
-        daemon.show(s) {
+    func run() throws { try Self.run(daemon.client) }
+
+    static func run(_ client: DaemonClient) throws(ExitCode) {
+        let s = try client.call(.status)
+        client.show(s) {
             let b = s["branches"], c = s["counters"]
             let uptime = Double(s["uptime_ms"]?.intValue ?? 0) / 1000
             printOut(table([

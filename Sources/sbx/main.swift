@@ -51,6 +51,10 @@ let arguments = Array(CommandLine.arguments.dropFirst())
 if let options = RunOptions.fastParse(arguments) {
     exit(options.execute())
 }
+if let action = DaemonFastPath.parse(arguments) {
+    do throws(ExitCode) { try action() } catch { exit(error.rawValue) }
+    exit(0)
+}
 do {
     var command = try SBX.parseAsRoot(arguments)
     try command.run()
