@@ -158,11 +158,10 @@ enum Overlay {
     }
 
     static func readlink(_ dirfd: Int32, _ rel: String) -> String? {
-        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlinkat(dirfd, rel, &buf, buf.count - 1)
+        var buf = [UInt8](repeating: 0, count: Int(PATH_MAX))
+        let n = buf.withUnsafeMutableBytes { readlinkat(dirfd, rel, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count) }
         guard n >= 0 else { return nil }
-        buf[n] = 0
-        return String(cString: buf)
+        return String(decoding: buf[0..<n], as: UTF8.self)
     }
 
     static func openDirectory(_ path: String) throws(FSError) -> Int32 {
