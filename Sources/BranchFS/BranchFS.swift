@@ -180,7 +180,9 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                     throw .io("commit \(id): \(error.what)", errno: error.errno)
                 }
                 // The journal is on disk: from here on recovery rolls this commit forward.
-                let (epoch, invalidated) = try store.commit(id) // one fsync'd append
+                // Appended without fsync: if it is lost, recovery redoes it from the journal; it
+                // is fsynced with the applied directories, before the journal goes.
+                let (epoch, invalidated) = try store.commit(id, durable: false)
                 trace.mark("registry")
                 let dead = [child] + invalidated.compactMap { views[$0] }
                 do throws(FSError) {
@@ -190,7 +192,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                         let touched = try Committer.apply(plan, trash: stateDirectory + "/trash/" + plan.id)
                         trace.mark("apply")
                         // Applied and recorded for good before the journal goes.
-                        try Durability.fsyncAll(touched)
+                        try Durability.fsyncAll(touched + (store.logFile.map { [$0] } ?? []))
                         trace.mark("fsync applied (\(touched.count + 1))")
                         parent.generation += 1
                         parent.frozen = !store.liveChildren(of: parentID).isEmpty

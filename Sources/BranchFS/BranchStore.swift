@@ -117,7 +117,9 @@ public final class BranchStore {
     /// Commits `id` into its parent. First commit wins: it succeeds only if the parent has not
     /// moved since the fork; it then bumps the parent's epoch and invalidates every other live
     /// child of the parent (and their descendants).
-    public func commit(_ id: String) throws(BranchError) -> (epoch: UInt64, invalidated: [String]) {
+    /// `durable: false` appends without fsync: BranchFS fsyncs the log (`logFile`) together
+    /// with the directories the commit changed; its journal covers the gap.
+    public func commit(_ id: String, durable: Bool = true) throws(BranchError) -> (epoch: UInt64, invalidated: [String]) {
         try checkCommit(id)
         var b = try info(id)
         var p = try info(b.parent!)
@@ -131,7 +133,7 @@ public final class BranchStore {
         for sibling in liveChildren(of: p.id) {
             invalidated += try invalidate(sibling.id, by: id, saving: false)
         }
-        try save([id, p.id] + invalidated)
+        try save([id, p.id] + invalidated, durable: durable)
         return (p.epoch, invalidated)
     }
 
