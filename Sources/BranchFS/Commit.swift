@@ -293,7 +293,7 @@ enum Committer {
                 if to >= 0 { close(to) }
                 if want.st_mode != have.st_mode || want.st_uid != have.st_uid || want.st_gid != have.st_gid
                     || want.st_mtim.tv_sec != have.st_mtim.tv_sec || want.st_mtim.tv_nsec != have.st_mtim.tv_nsec {
-                    Overlay.applyMetadata(t, rel, want)
+                    Overlay.updateMetadata(t, rel, have: have, want: want)
                     touched.insert(plan.target + "/" + rel)
                 }
             }

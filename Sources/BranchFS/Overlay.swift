@@ -117,6 +117,18 @@ enum Overlay {
         return out
     }
 
+    /// Changes only what differs between `have` and `want` (owner, mode, times) on `rel`.
+    static func updateMetadata(_ dirfd: Int32, _ rel: String, have: stat, want: stat) {
+        if want.st_uid != have.st_uid || want.st_gid != have.st_gid {
+            _ = fchownat(dirfd, rel, want.st_uid, want.st_gid, AT_SYMLINK_NOFOLLOW)
+        }
+        if want.st_mode & 0o7777 != have.st_mode & 0o7777 || want.st_uid != have.st_uid || want.st_gid != have.st_gid {
+            _ = fchmodat(dirfd, rel, want.st_mode & 0o7777, 0) // chown clears setuid/setgid bits
+        }
+        var times = [want.st_atim, want.st_mtim]
+        _ = utimensat(dirfd, rel, &times, AT_SYMLINK_NOFOLLOW)
+    }
+
     /// Sets owner, mode and times of `rel` (no symlink following) to those of `st`.
     static func applyMetadata(_ dirfd: Int32, _ rel: String, _ st: stat) {
         _ = fchownat(dirfd, rel, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW)
