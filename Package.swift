@@ -71,8 +71,10 @@ let package = Package(
         ),
 
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SBXJSON"]),
-        .testTarget(name: "BranchFSTests", dependencies: ["BranchFS", "CBranchFS"]),
-        .testTarget(name: "SandboxdTests", dependencies: ["sandboxd", "sbx", "SandboxProtocol", "SBXJSON"]),
+        // posix_spawn'd processes for the test targets that drive real binaries.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "BranchFSTests", dependencies: ["BranchFS", "CBranchFS", "TestSupport"]),
+        .testTarget(name: "SandboxdTests", dependencies: ["sandboxd", "sbx", "SandboxProtocol", "SBXJSON", "TestSupport"]),
         .testTarget(name: "SbxEndToEndTests", dependencies: ["sbx", "sbx-init", "SBXJSON"]),
     ]
 )

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import XCTest
 @testable import BranchFS
 
@@ -105,7 +106,7 @@ final class CrashRecoveryTests: BranchFSTestCase {
         XCTAssertNotEqual(pre, post)
 
         let started = Date()
-        let commit = try SpawnedProcess(bin + "/sbx", ["branch", "commit", id, "--socket", sock, "--json"], dir: dir, tag: "commit\(index)")
+        let commit = try Spawned(bin + "/sbx", ["branch", "commit", id, "--socket", sock, "--json"], dir: dir, tag: "commit\(index)")
         switch kill {
         case .never: break
         case let .after(delay):
@@ -137,7 +138,7 @@ final class CrashRecoveryTests: BranchFSTestCase {
             throw CrashFailure("commit hung")
         }
         let seconds = Date().timeIntervalSince(started)
-        if case .never = kill { XCTAssertEqual(status, 0, "round \(index): the uninterrupted commit: \(commit.err)") }
+        if case .never = kill { XCTAssertEqual(status, 0, "round \(index): the uninterrupted commit: \(commit.stderr)") }
 
         // Restart on the same state; recovery runs before the socket appears.
         daemon.stop()
@@ -160,8 +161,8 @@ final class CrashRecoveryTests: BranchFSTestCase {
         XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: st + "/journal")) ?? ["<unreadable>"], [], "round \(index): leftovers in journal")
         if outcome == "pre", branchState == "active" {
             // The branch is intact: committing it now must reach exactly the post tree.
-            let r = try SpawnedProcess(bin + "/sbx", ["branch", "commit", id, "--socket", sock, "--json"], dir: dir, tag: "recommit\(index)")
-            XCTAssertEqual(r.wait(timeout: 60), 0, "round \(index): commit after recovery: \(r.err)")
+            let r = try Spawned(bin + "/sbx", ["branch", "commit", id, "--socket", sock, "--json"], dir: dir, tag: "recommit\(index)")
+            XCTAssertEqual(r.wait(timeout: 60), 0, "round \(index): commit after recovery: \(r.stderr)")
             XCTAssertEqual(treeDigest(ws), post, "round \(index): committing the recovered branch gives the post tree")
         }
         again.stop()
@@ -185,9 +186,9 @@ final class CrashRecoveryTests: BranchFSTestCase {
     }
 
     func sbxJSON(_ bin: String, _ args: [String], dir: String) throws -> [String: Any] {
-        let r = try SpawnedProcess(bin + "/sbx", args, dir: dir, tag: "sbx")
-        guard r.wait(timeout: 60) == 0 else { throw CrashFailure("sbx \(args) failed: \(r.err) \(r.out)") }
-        guard let obj = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any] else { throw CrashFailure("sbx \(args): not JSON: \(r.out)") }
+        let r = try Spawned(bin + "/sbx", args, dir: dir, tag: "sbx")
+        guard r.wait(timeout: 60) == 0 else { throw CrashFailure("sbx \(args) failed: \(r.stderr) \(r.stdout)") }
+        guard let obj = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any] else { throw CrashFailure("sbx \(args): not JSON: \(r.stdout)") }
         return obj
     }
 }
@@ -212,79 +213,23 @@ enum CrashBinaries {
     }()
 }
 
-/// A posix_spawned process with stdout and stderr in files of `dir`; the test's environment
-/// (without `$SBX_SOCKET`) unless `environment` says otherwise.
-final class SpawnedProcess {
-    let pid: pid_t
-    let outPath: String, errPath: String
-    private(set) var status: Int32?
-
-    init(_ executable: String, _ arguments: [String], dir: String, tag: String, environment: [String]? = nil) throws {
-        let n = UInt32.random(in: 0...UInt32.max)
-        outPath = dir + "/\(tag)-\(n).out"
-        errPath = dir + "/\(tag)-\(n).err"
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var none = sigset_t(), all = sigset_t()
-        sigemptyset(&none)
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &none)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let args: [String] = [executable] + arguments
-        let env: [String] = environment ?? ProcessInfo.processInfo.environment.filter { $0.key != "SBX_SOCKET" }.map { "\($0.key)=\($0.value)" }
-        let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
-        let envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup($0) } + [nil]
-        defer { for q in argv + envp { free(q) } }
-        var child: pid_t = 0
-        let rc = posix_spawn(&child, executable, &actions, &attr, argv, envp)
-        guard rc == 0 else { throw CrashFailure("posix_spawn \(executable): \(String(cString: strerror(rc)))") }
-        pid = child
-    }
-
-    var isRunning: Bool {
-        guard status == nil else { return false }
-        var s: Int32 = 0
-        if waitpid(pid, &s, WNOHANG) == pid { status = (s & 0x7f) == 0 ? (s >> 8) & 0xff : 128 + (s & 0x7f) }
-        return status == nil
-    }
-
-    /// The exit status (128+N for signal N), or nil if still running after `timeout` seconds.
-    func wait(timeout: TimeInterval) -> Int32? {
-        let deadline = Date().addingTimeInterval(timeout)
-        while isRunning && Date() < deadline { usleep(1_000) }
-        return status
-    }
-
-    func signal(_ sig: Int32) { if isRunning { Glibc.kill(pid, sig) } }
-    var out: String { (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "" }
-    var err: String { (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "" }
-}
-
 /// sandboxd on one round's workspace, state and socket; ready once the socket accepts.
 final class CrashDaemon {
-    let process: SpawnedProcess
+    let process: Spawned
     let dir: String
 
     init(bin: String, dir: String, workspace: String, state: String, socket: String, tag: String) throws {
         self.dir = dir
-        process = try SpawnedProcess(bin + "/sandboxd", ["--socket", socket, "--state", state, "--workspace", workspace, "--log-level", "warning"], dir: dir, tag: "sandboxd-" + tag)
+        process = try Spawned(bin + "/sandboxd", ["--socket", socket, "--state", state, "--workspace", workspace, "--log-level", "warning"], dir: dir, tag: "sandboxd-" + tag)
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
             if Self.connects(socket) { return }
-            if !process.isRunning { throw CrashFailure("sandboxd exited with \(process.status!) before listening: \(process.err)") }
+            if !process.isRunning { throw CrashFailure("sandboxd exited with \(process.exitStatus!) before listening: \(process.stderr)") }
             usleep(2_000)
         }
         process.signal(SIGKILL)
         _ = process.wait(timeout: 5)
-        throw CrashFailure("sandboxd did not listen on \(socket) within 30 s: \(process.err)")
+        throw CrashFailure("sandboxd did not listen on \(socket) within 30 s: \(process.stderr)")
     }
 
     static func connects(_ path: String) -> Bool {
@@ -305,7 +250,7 @@ final class CrashDaemon {
         if process.isRunning {
             process.signal(SIGTERM)
             if process.wait(timeout: 20) == nil {
-                XCTFail("sandboxd \(process.pid) did not stop within 20 s of SIGTERM: \(process.err.suffix(1000))")
+                XCTFail("sandboxd \(process.pid) did not stop within 20 s of SIGTERM: \(process.stderr.suffix(1000))")
                 process.signal(SIGKILL)
                 _ = process.wait(timeout: 5)
             }

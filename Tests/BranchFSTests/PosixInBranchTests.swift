@@ -1,4 +1,5 @@
 import CBranchFS
+import TestSupport
 import XCTest
 @testable import BranchFS
 
@@ -631,15 +632,15 @@ extension BranchFSTestCase {
     /// posix_spawned child); stdout and stderr are collected through files in the test's dir.
     func asNobody(_ script: String, timeout: TimeInterval = 60) -> (status: Int32, out: String, err: String) {
         let args = ["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c", script]
-        guard let child = try? SpawnedProcess("/usr/bin/setpriv", args, dir: root, tag: "nobody", environment: ["PATH=/usr/bin:/bin", "LC_ALL=C"]) else {
+        guard let child = try? Spawned("/usr/bin/setpriv", args, dir: root, tag: "nobody", environment: ["PATH": "/usr/bin:/bin", "LC_ALL": "C"]) else {
             return (-1, "", "posix_spawn /usr/bin/setpriv failed")
         }
         guard let status = child.wait(timeout: timeout) else {
             child.signal(SIGKILL)
             _ = child.wait(timeout: 5)
-            return (-1, child.out, child.err + " (killed after \(timeout) s)")
+            return (-1, child.stdout, child.stderr + " (killed after \(timeout) s)")
         }
-        return (status, child.out, child.err)
+        return (status, child.stdout, child.stderr)
     }
 }
 
