@@ -221,10 +221,8 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     /// Throws `id` and its descendants away, deltas included.
     public func abort(_ id: String) throws(BranchError) {
         let dead = try lock.lockedThrowing { () throws(BranchError) -> [View] in
-            let ids = [id] + store.descendants(of: id).filter { store.branches[$0]?.state == .active }
-            try store.abort(id)
             var dead: [View] = []
-            for d in ids {
+            for d in try store.abort(id) {
                 if let v = views.removeValue(forKey: d) { v.writeGate.writing { v.deadErrno = ESTALE }; dead.append(v) }
                 discard(layerPath(d))
                 discard(workPath(d))

@@ -157,13 +157,16 @@ public final class BranchStore {
     }
 
     /// Throws a branch away, with everything forked from it.
-    public func abort(_ id: String) throws(BranchError) {
+    /// Returns the ids it aborted: `id` and its live descendants.
+    @discardableResult
+    public func abort(_ id: String) throws(BranchError) -> [String] {
         guard id != Self.mainID else { throw .invalidRequest("main is the workspace: it cannot be aborted") }
         let b = try info(id)
         guard b.state == .active else { throw .notActive(id, b.state) }
         let gone = ([id] + descendants(of: id)).filter { branches[$0]?.state == .active }
         for d in gone { branches[d]?.state = .aborted }
         try save(gone)
+        return gone
     }
 
     /// Marks a branch and its live descendants invalidated; returns their ids.

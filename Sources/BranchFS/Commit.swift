@@ -111,7 +111,7 @@ struct CommitPlan {
 enum Durability {
     static func startPool() {
         var failed: Int32 = -1
-        _ = cbfs_fsync_many(nil, 0, 0, &failed)
+        _ = cbfs_fsync_many(nil, 0, &failed)
     }
 
     static func fsyncAll(_ paths: [String]) throws(FSError) {
@@ -121,7 +121,7 @@ enum Durability {
         var failed: Int32 = -1
         let r = cstrings.withUnsafeMutableBufferPointer { buf in
             buf.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buf.count) {
-                cbfs_fsync_many($0, Int32(buf.count), 16, &failed)
+                cbfs_fsync_many($0, Int32(buf.count), &failed)
             }
         }
         if r != 0 { throw FSError(-r, "fsync \(paths[Int(failed)])") }

@@ -177,7 +177,7 @@ final class FuseServer: @unchecked Sendable {
         }
     }
 
-    /// Nodes of `view` known to the kernel whose path is `path` or lies under it.
+    /// The node of `view` the kernel knows at `path`, if any.
     func knownNode(in view: View, path: String) -> Node? {
         nodesLock.locked {
             var n: Node = view.root
@@ -271,15 +271,24 @@ final class FuseServer: @unchecked Sendable {
         guard let view = n.view else { throw FSError(ino == Self.rootIno ? (access == .write ? EROFS : EPERM) : ESTALE) }
         if view.deadErrno != 0 { throw FSError(view.deadErrno) }
         switch access {
-        case .read:
-            return try tree.reading { () throws(FSError) in try view.namespace.lockedThrowing { () throws(FSError) in try body(n, view) } }
-        case .write:
-            return try view.writeGate.reading { () throws(FSError) in
-                if view.deadErrno != 0 { throw FSError(view.deadErrno) }
-                if view.frozen { throw FSError(EROFS) }
-                return try tree.reading { () throws(FSError) in try view.namespace.lockedThrowing { () throws(FSError) in try body(n, view) } }
-            }
+        case .read: return try resolving(view) { () throws(FSError) in try body(n, view) }
+        case .write: return try writable(view) { () throws(FSError) in try resolving(view) { () throws(FSError) in try body(n, view) } }
         }
+    }
+
+    /// Runs `body` while `view` may be written: its write gate held shared (a commit of the
+    /// branch waits for it, and it for the commit), the branch live and not frozen.
+    private func writable<T>(_ view: View, _ body: () throws(FSError) -> T) throws(FSError) -> T {
+        try view.writeGate.reading { () throws(FSError) in
+            if view.deadErrno != 0 { throw FSError(view.deadErrno) }
+            if view.frozen { throw FSError(EROFS) }
+            return try body()
+        }
+    }
+
+    /// Runs `body` with the layers stable (no commit applying) and the view's names to itself.
+    private func resolving<T>(_ view: View, _ body: () throws(FSError) -> T) throws(FSError) -> T {
+        try tree.reading { () throws(FSError) in try view.namespace.lockedThrowing(body) }
     }
 
     func timeout(_ view: View?) -> Double { view?.id == BranchStore.mainID ? Self.mainTimeout : Self.branchTimeout }
@@ -320,7 +329,7 @@ final class FuseServer: @unchecked Sendable {
     func lookup(_ req: fuse_req_t?, _ parentIno: UInt64, _ name: String) throws(FSError) {
         if parentIno == Self.rootIno {
             guard let view = provider?.view(named: name), view.deadErrno == 0 else { throw FSError(ENOENT) }
-            let st = try tree.reading { () throws(FSError) in try view.namespace.lockedThrowing { () throws(FSError) in try view.stat(view.root) } }
+            let st = try resolving(view) { () throws(FSError) in try view.stat(view.root) }
             nodesLock.locked { view.root.lookups += 1 }
             return replyEntry(req, view.root, st)
         }
@@ -354,7 +363,7 @@ final class FuseServer: @unchecked Sendable {
         return n
     }
 
-    func getattr(_ req: fuse_req_t?, _ ino: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>?) throws(FSError) {
+    func getattr(_ req: fuse_req_t?, _ ino: UInt64) throws(FSError) {
         if ino == Self.rootIno {
             var st = rootStat // never stat the mount point itself: that would call this handler
             st.st_ino = ino_t(Self.rootIno)
@@ -375,7 +384,7 @@ final class FuseServer: @unchecked Sendable {
         fuse_reply_attr(req, &st, timeout(node(ino)?.view))
     }
 
-    func setattr(_ req: fuse_req_t?, _ ino: UInt64, _ attr: UnsafeMutablePointer<stat>, _ toSet: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) throws(FSError) {
+    func setattr(_ req: fuse_req_t?, _ ino: UInt64, _ attr: UnsafeMutablePointer<stat>, _ toSet: Int32) throws(FSError) {
         let a = attr.pointee
         var st = try withNode(ino, .write) { (n, view) throws(FSError) -> stat in
             if n.orphanFD >= 0 { return try Self.setattrOrphan(n.orphanFD, a, toSet) }
@@ -568,18 +577,18 @@ final class FuseServer: @unchecked Sendable {
 
     /// Runs `body` with a writable fd on node `ino` in the upper, copying it up first.
     private func withWritableFD<T>(_ ino: UInt64, _ body: (Int32) throws(FSError) -> T) throws(FSError) -> T {
-        let (fd, owned) = try withNode(ino, .write) { (n, view) throws(FSError) -> (Int32, Bool) in
-            if n.orphanFD >= 0 && n.orphanWritable { return (n.orphanFD, false) }
-            try view.copyUp(n)
-            let fd = openat(view.upper.fd, View.at(n.path), O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
-            guard fd >= 0 else { throw .last("open for write") }
-            return (fd, true)
-        }
-        defer { if owned { close(fd) } }
-        guard let view = node(ino)?.view else { throw FSError(ESTALE) }
-        return try view.writeGate.reading { () throws(FSError) -> T in
-            if view.deadErrno != 0 { throw FSError(view.deadErrno) }
-            if view.frozen { throw FSError(EROFS) }
+        guard let n = node(ino) else { throw FSError(ENOENT) }
+        guard let view = n.view else { throw FSError(ESTALE) }
+        // One hold of the write gate from copy-up to the last byte: a commit sees all of it or none.
+        return try writable(view) { () throws(FSError) -> T in
+            let (fd, owned) = try resolving(view) { () throws(FSError) -> (Int32, Bool) in
+                if n.orphanFD >= 0 && n.orphanWritable { return (n.orphanFD, false) }
+                try view.copyUp(n)
+                let fd = openat(view.upper.fd, View.at(n.path), O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
+                guard fd >= 0 else { throw .last("open for write") }
+                return (fd, true)
+            }
+            defer { if owned { close(fd) } }
             return try body(fd)
         }
     }
@@ -596,13 +605,13 @@ final class FuseServer: @unchecked Sendable {
         fuse_reply_create(req, &e, fi)
     }
 
-    func read(_ req: fuse_req_t?, _ ino: UInt64, _ size: Int, _ off: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) throws(FSError) {
+    func read(_ req: fuse_req_t?, _ ino: UInt64, _ size: Int, _ off: off_t) throws(FSError) {
         let (fd, owned) = try readFD(ino)
         defer { if owned { close(fd) } }
         _ = cbfs_reply_fd(req, fd, size, off)
     }
 
-    func write(_ req: fuse_req_t?, _ ino: UInt64, _ buf: UnsafePointer<CChar>, _ size: Int, _ off: off_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) throws(FSError) {
+    func write(_ req: fuse_req_t?, _ ino: UInt64, _ buf: UnsafePointer<CChar>, _ size: Int, _ off: off_t) throws(FSError) {
         let put = { (fd: Int32) throws(FSError) -> Int in
             let n = pwrite(fd, buf, size, off)
             guard n >= 0 else { throw .last("write") }
@@ -611,7 +620,7 @@ final class FuseServer: @unchecked Sendable {
         fuse_reply_write(req, try withWritableFD(ino, put))
     }
 
-    func fsync(_ req: fuse_req_t?, _ ino: UInt64, _ datasync: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) throws(FSError) {
+    func fsync(_ req: fuse_req_t?, _ ino: UInt64, _ datasync: Int32) throws(FSError) {
         let sync = { (fd: Int32) throws(FSError) in
             guard (datasync != 0 ? fdatasync(fd) : Glibc.fsync(fd)) == 0 else { throw .last("fsync") }
         }
@@ -751,8 +760,8 @@ final class FuseServer: @unchecked Sendable {
             for i in 0..<count { s.forget(list![i].ino, list![i].nlookup) }
             fuse_reply_none(req)
         }
-        ops.getattr = { req, ino, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).getattr(req, ino, fi) } }
-        ops.setattr = { req, ino, attr, toSet, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).setattr(req, ino, attr!, toSet, fi) } }
+        ops.getattr = { req, ino, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).getattr(req, ino) } }
+        ops.setattr = { req, ino, attr, toSet, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).setattr(req, ino, attr!, toSet) } }
         ops.readlink = { req, ino in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).readlink(req, ino) } }
         ops.mknod = { req, parent, name, mode, rdev in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).mknod(req, parent, FuseServer.cname(name), mode, UInt64(rdev)) } }
         ops.mkdir = { req, parent, name, mode in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).mkdir(req, parent, FuseServer.cname(name), mode) } }
@@ -763,12 +772,12 @@ final class FuseServer: @unchecked Sendable {
         ops.link = { req, ino, np, nn in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).link(req, ino, np, FuseServer.cname(nn)) } }
         ops.open = { req, _, _ in fuse_reply_err(req, ENOSYS) }
         ops.create = { req, parent, name, mode, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).create(req, parent, FuseServer.cname(name), mode, fi!) } }
-        ops.read = { req, ino, size, off, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).read(req, ino, size, off, fi) } }
-        ops.write = { req, ino, buf, size, off, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).write(req, ino, buf!, size, off, fi) } }
+        ops.read = { req, ino, size, off, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).read(req, ino, size, off) } }
+        ops.write = { req, ino, buf, size, off, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).write(req, ino, buf!, size, off) } }
         // Nothing to do on close: ENOSYS makes the kernel stop sending FLUSH at all.
         ops.flush = { req, _, _ in fuse_reply_err(req, ENOSYS) }
         ops.release = { req, _, _ in fuse_reply_err(req, 0) } // only files made by CREATE get one
-        ops.fsync = { req, ino, datasync, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).fsync(req, ino, datasync, fi) } }
+        ops.fsync = { req, ino, datasync, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).fsync(req, ino, datasync) } }
         // Zero-message opendir too: the kernel then caches listings (FOPEN_CACHE_DIR).
         ops.opendir = { req, _, _ in fuse_reply_err(req, ENOSYS) }
         ops.readdir = { req, ino, size, off, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).readdir(req, ino, size, off, plus: false) } }

@@ -7,9 +7,6 @@
 #include <unistd.h>
 #include <pthread.h>
 
-const int CBFS_O_PATH = O_PATH;
-const int CBFS_O_NOFOLLOW = O_NOFOLLOW;
-const int CBFS_AT_EMPTY_PATH = AT_EMPTY_PATH;
 const unsigned CBFS_RENAME_NOREPLACE = RENAME_NOREPLACE;
 const unsigned CBFS_RENAME_EXCHANGE = RENAME_EXCHANGE;
 const long CBFS_UTIME_OMIT = UTIME_OMIT;
@@ -59,7 +56,6 @@ int cbfs_is_whiteout(mode_t mode, uint64_t rdev) {
     return S_ISCHR(mode) && major(rdev) == 0 && minor(rdev) == 0;
 }
 
-uint64_t cbfs_makedev(unsigned ma, unsigned mi) { return makedev(ma, mi); }
 
 int cbfs_fsync_at(int dirfd, const char *path) {
     // Only files and directories hold data to sync; opening a FIFO would block, a symlink
@@ -113,8 +109,7 @@ static void *pool_worker(void *arg) {
     return NULL;
 }
 
-int cbfs_fsync_many(const char *const *paths, int n, int max_threads, int *failed_index) {
-    (void)max_threads;
+int cbfs_fsync_many(const char *const *paths, int n, int *failed_index) {
     pthread_mutex_lock(&pool_lock);
     if (!pool_started) {
         for (int i = 0; i < POOL_THREADS; i++) {

@@ -9,9 +9,6 @@ static inline void cbfs_fi_set_cache(struct fuse_file_info *fi, int keep_cache, 
     fi->keep_cache = keep_cache ? 1 : 0;
     fi->cache_readdir = cache_readdir ? 1 : 0;
 }
-static inline void cbfs_fi_set_noflush(struct fuse_file_info *fi) { fi->noflush = 1; }
-static inline int cbfs_fi_flags(const struct fuse_file_info *fi) { return fi->flags; }
-static inline uint64_t cbfs_fi_fh(const struct fuse_file_info *fi) { return fi->fh; }
 static inline void cbfs_fi_set_fh(struct fuse_file_info *fi, uint64_t fh) { fi->fh = fh; }
 
 static inline struct fuse_session *cbfs_session_new(int argc, char **argv, const struct fuse_lowlevel_ops *ops, void *userdata) {
