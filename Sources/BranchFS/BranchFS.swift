@@ -347,8 +347,17 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
 
     /// A FUSE mount left by a killed daemon answers ENOTCONN: detach it so we can mount again.
     static func detachStaleMount(_ path: String) {
-        guard (try? Bool(mountInfoOf: path)) == true else { return }
+        guard isMountPoint(path) else { return }
         _ = umount2(path, Int32(MNT_DETACH))
+    }
+
+    /// Whether `path` is a mount point according to /proc/self/mountinfo (field 5, octal-escaped).
+    static func isMountPoint(_ path: String) -> Bool {
+        guard let bytes = Overlay.readFile("/proc/self/mountinfo") else { return false }
+        let escaped = path.replacingSpaces()
+        return String(decoding: bytes, as: UTF8.self).split(separator: "\n").contains { line in
+            line.split(separator: " ").dropFirst(4).first.map { String($0) == escaped } ?? false
+        }
     }
 
     static func makeDirectory(_ path: String, mode: mode_t = 0o700) throws(BranchError) {
@@ -361,26 +370,6 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         var st = stat()
         guard stat(resolved, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else { throw .invalidRequest("\(what) \(path) is not a directory") }
         return String(cString: resolved)
-    }
-}
-
-extension Bool {
-    /// Whether `path` is a mount point according to /proc/self/mountinfo.
-    init(mountInfoOf path: String) throws {
-        let fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { self = false; return }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            bytes += chunk[0..<n]
-        }
-        let needle = " " + path.replacingSpaces() + " "
-        self = String(decoding: bytes, as: UTF8.self).split(separator: "\n").contains { line in
-            line.split(separator: " ").dropFirst(4).first.map { " " + $0 + " " == needle } ?? false
-        }
     }
 }
 

@@ -267,20 +267,6 @@ public final class BranchStore {
         if dir >= 0 { fsync(dir); close(dir) }
     }
 
-    static func readAll(_ path: String) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            bytes += chunk[0..<n]
-        }
-        return bytes
-    }
-
     /// Upserts one record; nil when it is not a well-formed branch record.
     func apply(_ item: JSON) -> Bool {
         guard let id = item["id"]?.stringValue, let stateText = item["state"]?.stringValue,
@@ -295,7 +281,7 @@ public final class BranchStore {
 
     func load() throws(BranchError) {
         guard let file, let logFile else { return }
-        if var bytes = Self.readAll(file) {
+        if var bytes = Overlay.readFile(file) {
             let parsed: JSON
             do { parsed = try JSON.parse(bytes: &bytes) } catch { throw .invalidRequest("\(file): \(error)") }
             guard let items = parsed["branches"]?.arrayValue else { throw .invalidRequest("\(file): no branches array") }
@@ -303,7 +289,7 @@ public final class BranchStore {
             order = []
             for item in items where !apply(item) { throw .invalidRequest("\(file): malformed branch record") }
         }
-        if let log = Self.readAll(logFile) {
+        if let log = Overlay.readFile(logFile) {
             for line in log.split(separator: UInt8(ascii: "\n")) {
                 var bytes = Array(line)
                 guard let item = try? JSON.parse(bytes: &bytes), apply(item) else { break } // a torn tail

@@ -319,17 +319,7 @@ enum Committer {
     }
 
     static func read(_ file: String) -> CommitPlan? {
-        let fd = open(file, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            bytes += chunk[0..<n]
-        }
-        guard let json = try? JSON.parse(bytes: &bytes) else { return nil }
+        guard var bytes = Overlay.readFile(file), let json = try? JSON.parse(bytes: &bytes) else { return nil }
         return CommitPlan(json: json)
     }
 }
