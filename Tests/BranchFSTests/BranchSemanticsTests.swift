@@ -148,8 +148,8 @@ final class BranchSemanticsTests: BranchFSTestCase {
         XCTAssertEqual(get(path(a) + "/kept.txt"), "kept\n")
     }
 
-    func testForkCostDoesNotDependOnTreeSize() throws {
-        // O(1) by construction: a fork creates two empty directories, whatever the workspace holds.
+    func testAForkCopiesNothing() throws {
+        // Its cost cannot grow with the tree: a fork's delta starts empty (timings are in bench/).
         let a = try branch()
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/layers/" + a), [])
     }
