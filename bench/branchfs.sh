@@ -27,9 +27,7 @@
 #   CC (cc)
 # Prints the tables and writes them, with raw samples, to bench/results/branchfs-<UTC time>.json.
 # A measurement that fails is recorded as a failure (never as a time) and the run goes on; exit
-# status 3 when any failed or a commit left wrong contents in the workspace. (At this writing
-# sandboxd keeps one fd open per file created through a branch, so past ~20k creates in one
-# daemon, i.e. ROUNDS > 3 of the create workload, its measurements fail with EMFILE.)
+# status 3 when any failed or a commit left wrong contents in the workspace.
 # Needs root (mounts, drop_caches). Cleans up every mount, process and file it made, also on
 # Ctrl-C or error.
 set -euo pipefail

@@ -42,6 +42,12 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     private var views: [String: View] = [:]
     private var closed = false
     private let janitor = DispatchQueue(label: "sbx.branchfs.janitor")
+    /// Runs the last, background part of each commit, in commit order.
+    private let settler = DispatchQueue(label: "sbx.branchfs.settler")
+    private let failureLock = Mutex()
+    private var settleFailure: String?
+    /// Tests widen the window between a commit's return and its settling with this.
+    var settleDelayForTesting: useconds_t = 0
 
     /// Opens the state in `stateDirectory` (created if missing) for `workspace`, recovers, and
     /// mounts the FUSE session at `mountPoint` (default `<stateDirectory>/mnt`).
@@ -83,6 +89,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             return !closed
         }
         if first {
+            settler.sync {}
             server.stop()
             janitor.sync {}
         }
@@ -144,6 +151,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     public func commit(_ id: String) throws(BranchError) -> CommitResult {
         let (result, dead, parentView, changed) = try lock.lockedThrowing { () throws(BranchError) -> (CommitResult, [View], View, [String]) in
             guard id != BranchStore.mainID else { throw .invalidRequest("main is the workspace: it has nothing to commit into") }
+            try settled()
             try store.checkCommit(id)
             let b = try store.info(id)
             let parentID = b.parent!
@@ -185,23 +193,27 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                 let (epoch, invalidated) = try store.commit(id, durable: false)
                 trace.mark("registry")
                 let dead = [child] + invalidated.compactMap { views[$0] }
+                let touched: [String]
                 do throws(FSError) {
-                    try server.tree.writing { () throws(FSError) in
+                    touched = try server.tree.writing { () throws(FSError) -> [String] in
                         trace.mark("tree lock")
                         for v in dead { v.deadErrno = ESTALE }
                         let touched = try Committer.apply(plan, trash: stateDirectory + "/trash/" + plan.id)
                         trace.mark("apply")
-                        // Applied and recorded for good before the journal goes.
-                        try Durability.fsyncAll(touched + (store.logFile.map { [$0] } ?? []))
-                        trace.mark("fsync applied (\(touched.count + 1))")
+                        parent.settling.begin()
                         parent.generation += 1
                         parent.frozen = !store.liveChildren(of: parentID).isEmpty
+                        return touched
                     }
                 } catch {
                     // The registry says committed; a restart replays the journal.
                     throw .io("commit \(id) applying \(error.what) (the journal will be replayed on restart)", errno: error.errno)
                 }
-                finish(plan)
+                retireChild(plan)
+                // Durable since the journal: what is left (the applied directories and the
+                // registry, then the journal's removal) runs in the background while the
+                // parent's writers and the next commit wait for it.
+                settle(plan, touched: touched, parent: parent)
                 trace.mark("retire")
                 for v in dead { views[v.id] = nil }
                 let result = CommitResult(committed: id, into: parentID, epoch: epoch, invalidated: invalidated, changes: plan.ops.count)
@@ -221,6 +233,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     /// Throws `id` and its descendants away, deltas included.
     public func abort(_ id: String) throws(BranchError) {
         let dead = try lock.lockedThrowing { () throws(BranchError) -> [View] in
+            try settled() // a commit settling into one of these deltas still fsyncs its directories
             var dead: [View] = []
             for d in try store.abort(id) {
                 if let v = views.removeValue(forKey: d) { v.writeGate.writing { v.deadErrno = ESTALE }; dead.append(v) }
@@ -279,25 +292,67 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
 
     // MARK: - recovery
 
-    /// Retires a journal whose ops are all applied: staging, journal, the child's delta.
-    private func finish(_ plan: CommitPlan) {
-        unlink(journalPath(plan.id))
-        // Durably gone before anyone can write the parent again: a replay over newer writes would undo them.
-        _ = cbfs_fsync_at(AT_FDCWD, stateDirectory + "/journal")
-        if let s = plan.staging { discard(s) }
-        let replaced = stateDirectory + "/trash/" + plan.id
-        janitor.async { try? Overlay.removeTree(AT_FDCWD, replaced) }
-        // Installed files were hard links of the child's: drop those names now, so the
-        // workspace's files report their true link count when commit returns.
+    /// Retires the child of an applied commit: its delta goes, and the names its installed
+    /// files still had in it, so the workspace's files report their true link count at once.
+    private func retireChild(_ plan: CommitPlan) {
         for op in plan.ops { if case let .install(rel, _) = op { unlinkat(AT_FDCWD, plan.childUpper + "/" + rel, 0) } }
         discard(layerPath(plan.child))
         discard(workPath(plan.child))
     }
 
+    /// Retires the journal of an applied commit, durably gone before anyone can write the
+    /// parent again (a replay over newer writes would undo them); then its staging and the
+    /// files it replaced.
+    private func retireJournal(_ plan: CommitPlan) throws(FSError) {
+        guard unlink(journalPath(plan.id)) == 0 else { throw .last("unlink journal \(plan.id)") }
+        guard cbfs_fsync_at(AT_FDCWD, stateDirectory + "/journal") == 0 else { throw .last("fsync journal directory") }
+        if let s = plan.staging { discard(s) }
+        let replaced = stateDirectory + "/trash/" + plan.id
+        janitor.async { try? Overlay.removeTree(AT_FDCWD, replaced) }
+    }
+
+    /// Finishes an applied commit in the background: fsyncs the directories it changed with
+    /// the registry log, then retires its journal. A failure leaves the journal for the next
+    /// start to replay and stops this instance from changing anything else.
+    private func settle(_ plan: CommitPlan, touched: [String], parent: View) {
+        let log = store.logFile.map { [$0] } ?? []
+        settler.async { [self] in
+            if settleDelayForTesting > 0 { usleep(settleDelayForTesting) }
+            var trace = Trace("settle \(plan.id)")
+            do throws(FSError) {
+                try Durability.fsyncAll(touched + log)
+                trace.mark("fsync applied (\(touched.count + 1))")
+                try retireJournal(plan)
+                trace.mark("journal retired")
+            } catch {
+                let what = "commit \(plan.id): \(error.what): \(String(cString: strerror(error.errno)))"
+                failureLock.locked { if settleFailure == nil { settleFailure = what } }
+                parent.deadErrno = EIO
+            }
+            trace.report()
+            parent.settling.end()
+        }
+    }
+
+    /// Waits for the background work (settling commits, then deletions) to drain.
+    func quiesce() {
+        settler.sync {}
+        janitor.sync {}
+    }
+
+    /// Waits for every commit still settling; throws once one of them failed to.
+    func settled() throws(BranchError) {
+        settler.sync {}
+        if let failure = failureLock.locked({ settleFailure }) {
+            throw .io("\(failure); restart sandboxd to replay its journal", errno: EIO)
+        }
+    }
+
     /// Removes a tree off the caller's path: renamed into `trash/` at once (O(1)), deleted by a
     /// background queue; whatever a crash leaves in `trash/` goes at the next start.
     func discard(_ path: String) {
-        let target = stateDirectory + "/trash/" + store.newID()
+        // A random name, not the registry's: the settler discards without the registry lock.
+        let target = stateDirectory + "/trash/t" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
         guard rename(path, target) == 0 else {
             try? Overlay.removeTree(AT_FDCWD, path) // another filesystem (staging in the workspace)
             return
@@ -309,16 +364,15 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     private func recover() throws(BranchError) {
         let journalDir = stateDirectory + "/journal"
         let names = (try? Overlay.listNames(AT_FDCWD, journalDir)) ?? []
-        var live = Set<String>()
         for name in names.sorted() {
             let file = journalDir + "/" + name
             guard name.hasSuffix(".json"), let plan = Committer.read(file) else { unlink(file); continue }
             if let b = store.branches[plan.child], b.state == .active { _ = try store.commit(plan.child) }
             do throws(FSError) {
                 try Durability.fsyncAll(try Committer.apply(plan))
+                retireChild(plan)
+                try retireJournal(plan)
             } catch { throw .io("replaying commit \(plan.id) of \(plan.child): \(error.what)", errno: error.errno) }
-            live.insert(plan.id)
-            finish(plan)
         }
         for name in (try? Overlay.listNames(AT_FDCWD, stateDirectory + "/trash")) ?? [] {
             try? Overlay.removeTree(AT_FDCWD, stateDirectory + "/trash/" + name)

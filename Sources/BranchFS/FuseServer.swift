@@ -280,6 +280,7 @@ final class FuseServer: @unchecked Sendable {
     /// branch waits for it, and it for the commit), the branch live and not frozen.
     private func writable<T>(_ view: View, _ body: () throws(FSError) -> T) throws(FSError) -> T {
         try view.writeGate.reading { () throws(FSError) in
+            view.settling.wait()
             if view.deadErrno != 0 { throw FSError(view.deadErrno) }
             if view.frozen { throw FSError(EROFS) }
             return try body()

@@ -42,3 +42,35 @@ final class RWLock: @unchecked Sendable {
         return try body()
     }
 }
+
+/// Work that must finish before a view may change again: a commit returns once journaled and
+/// applied, and its last fsyncs run in the background while writers of the parent wait here.
+final class Settling: @unchecked Sendable {
+    private var m = pthread_mutex_t()
+    private var c = pthread_cond_t()
+    private var pending = 0
+    init() {
+        pthread_mutex_init(&m, nil)
+        pthread_cond_init(&c, nil)
+    }
+    deinit {
+        pthread_cond_destroy(&c)
+        pthread_mutex_destroy(&m)
+    }
+    func begin() {
+        pthread_mutex_lock(&m)
+        pending += 1
+        pthread_mutex_unlock(&m)
+    }
+    func end() {
+        pthread_mutex_lock(&m)
+        pending -= 1
+        if pending == 0 { pthread_cond_broadcast(&c) }
+        pthread_mutex_unlock(&m)
+    }
+    func wait() {
+        pthread_mutex_lock(&m)
+        while pending > 0 { pthread_cond_wait(&c, &m) }
+        pthread_mutex_unlock(&m)
+    }
+}

@@ -74,6 +74,8 @@ final class View: @unchecked Sendable {
     var frozen = false
     /// Shared by every modifying operation, exclusive while the branch is being committed.
     let writeGate = RWLock()
+    /// A commit into this view that is applied but not yet durable everywhere: writers wait.
+    let settling = Settling()
     /// Serialises namespace changes (create, unlink, rename, copy-up) within the view.
     let namespace = Mutex()
     /// Names hidden at the root of the bottom layer (commit staging in the workspace).

@@ -45,6 +45,22 @@ final class BranchSemanticsTests: BranchFSTestCase {
         XCTAssertEqual(get(workspace + "/README"), "a wins\n")
     }
 
+    func testACommitReturnsOnceJournaledAndTheParentWaitsForItsJournalToGo() throws {
+        let journal = fs.stateDirectory + "/journal"
+        fs.settleDelayForTesting = 100_000
+        for round in 0..<3 {
+            let a = try branch()
+            try put(path(a) + "/README", "round \(round)\n")
+            _ = try fs.commit(a)
+            // No sleep: the write waits for the commit's last fsyncs instead of failing, and
+            // by the time it lands no journal is left to replay over it.
+            try put(path("main") + "/main.txt", "after \(round)\n")
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: journal), [])
+            XCTAssertEqual(get(workspace + "/README"), "round \(round)\n")
+            XCTAssertEqual(get(workspace + "/main.txt"), "after \(round)\n")
+        }
+    }
+
     func testAnOpenFileOfAnInvalidatedBranchFailsWithESTALE() throws {
         let a = try branch(), b = try branch()
         let fd = open(path(b) + "/README", O_RDWR)
@@ -212,6 +228,7 @@ final class BranchSemanticsTests: BranchFSTestCase {
         try put(path(loser) + "/z", "z")
         _ = try fs.commit(winner)
         dead += [winner, loser]
+        fs.quiesce() // the commit's last fsyncs and the deletions run in the background
         XCTAssertEqual(try fds(on: dead), [], "each dead view closes its layer directories and files")
     }
 }
