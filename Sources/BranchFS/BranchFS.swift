@@ -111,6 +111,10 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     public func create(from parent: String = BranchStore.mainID, count: Int = 1) throws(BranchError) -> [Branch] {
         defer { server.invalidateInode(FuseServer.rootIno) } // the mount root's cached listing
         return try lock.lockedThrowing { () throws(BranchError) in
+            // A commit that staged inside the workspace removes its staging directory while it
+            // settles, which moves the workspace root's ctime: after this fork, that would look
+            // like an external change (see `ExternalChanges`).
+            if parent == BranchStore.mainID && !Committer.sameDevice(stateDirectory, workspace) { settler.sync {} }
             let made = try store.create(from: parent, count: count)
             // The upper's root carries the parent root's owner, mode and times: it is what the
             // branch root shows.
@@ -145,6 +149,27 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         }
     }
 
+    /// The paths a commit of `id` would now be refused for: changed in the workspace outside
+    /// BranchFS since the fork (see `ExternalChanges`). Empty unless `id` is an active branch
+    /// of `main` with a known fork time; cost follows the branch's change, like its commit.
+    public func externalChanges(_ id: String) throws(BranchError) -> [String] {
+        try lock.lockedThrowing { () throws(BranchError) in
+            let b = try store.info(id)
+            guard b.parent == BranchStore.mainID, b.state == .active, let forkTime = b.forkTime else { return [] }
+            let view = try viewLocked(id)
+            let parent = try viewLocked(BranchStore.mainID)
+            do throws(FSError) {
+                // The names held still, as for a diff; the plan's staging names are never used.
+                let plan = try server.tree.reading { () throws(FSError) in
+                    try view.namespace.lockedThrowing { () throws(FSError) in
+                        try Committer.plan(id: "", child: view, parent: parent, staging: nil)
+                    }
+                }
+                return ExternalChanges.find(plan.ops, root: parent.upper.fd, since: forkTime)
+            } catch { throw .io("external changes of \(id): \(error.what)", errno: error.errno) }
+        }
+    }
+
     /// Commits `id` into its parent, atomically; first commit wins. The delta is planned and
     /// staged while the branch's writers wait, journaled (the commit point), recorded in the
     /// registry, then applied under the tree lock so no reader sees half of it.
@@ -161,26 +186,43 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                 let commitID = "c" + store.newID().dropFirst()
                 let intoWorkspace = parentID == BranchStore.mainID
                 var staging: String?
-                var stagingFD: Int32 = -1
                 if intoWorkspace {
                     staging = Committer.sameDevice(stateDirectory, workspace)
                         ? stateDirectory + "/staging/" + commitID
                         : workspace + "/" + parent.hiddenRootPrefix + commitID
-                    guard mkdir(staging!, 0o700) == 0 else { throw .io("mkdir \(staging!)", errno: errno) }
-                    stagingFD = open(staging!, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
                 }
-                defer { if stagingFD >= 0 { Glibc.close(stagingFD) } }
-                let plan: CommitPlan
                 var trace = Trace("commit \(id)")
                 defer { trace.report() }
+                let plan: CommitPlan
                 do throws(FSError) {
                     plan = try server.tree.reading { () throws(FSError) in
-                        try Committer.plan(id: commitID, child: child, parent: parent, staging: staging, stagingFD: stagingFD)
+                        try Committer.plan(id: commitID, child: child, parent: parent, staging: staging)
                     }
-                    trace.mark("plan+stage")
-                    // Staged data first, then the journal: the journal on disk is the commit point.
-                    if let staging { try Durability.fsyncAll(plan.stagedNames.map { staging + "/" + $0 } + [staging]) }
-                    trace.mark("fsync staged (\(plan.stagedNames.count + 1))")
+                } catch { throw .io("commit \(id): \(error.what)", errno: error.errno) }
+                trace.mark("plan")
+                // Before anything is written (the staging directory may live in the workspace):
+                // refused, the branch stays as it was. Commits into a branch leave the workspace
+                // alone, and every earlier commit into main precedes this branch's fork (first
+                // commit wins), so whatever changed since came from outside.
+                if intoWorkspace, let forkTime = b.forkTime {
+                    let changed = ExternalChanges.find(plan.ops, root: parent.upper.fd, since: forkTime)
+                    guard changed.isEmpty else { throw .externalChange(id, paths: changed) }
+                    trace.mark("external changes")
+                }
+                var stagingFD: Int32 = -1
+                if let staging {
+                    guard mkdir(staging, 0o700) == 0 else { throw .io("mkdir \(staging)", errno: errno) }
+                    stagingFD = open(staging, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                }
+                defer { if stagingFD >= 0 { Glibc.close(stagingFD) } }
+                do throws(FSError) {
+                    if let staging {
+                        try server.tree.reading { () throws(FSError) in try Committer.stage(plan, from: child, stagingFD: stagingFD) }
+                        trace.mark("stage")
+                        // Staged data first, then the journal: the journal on disk is the commit point.
+                        try Durability.fsyncAll(plan.stagedNames.map { staging + "/" + $0 } + [staging])
+                        trace.mark("fsync staged (\(plan.stagedNames.count + 1))")
+                    }
                     try Committer.write(plan, to: journalPath(commitID))
                     trace.mark("journal")
                 } catch {

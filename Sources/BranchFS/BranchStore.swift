@@ -13,6 +13,10 @@ public struct Branch: Equatable, Sendable {
     public let parent: String?
     /// The parent's epoch when this branch was forked.
     public let forkEpoch: UInt64
+    /// `CLOCK_REALTIME` at the fork, in nanoseconds since the epoch: a workspace path with a
+    /// later ctime changed after the fork (see `ExternalChanges`). nil for `main` and for
+    /// records written before fork times were kept: their commits are not checked.
+    public let forkTime: Int64?
     /// Bumped by every commit into this branch.
     public internal(set) var epoch: UInt64
     public internal(set) var state: State
@@ -29,6 +33,9 @@ public enum BranchError: Error, Equatable, CustomStringConvertible {
     case notActive(String, Branch.State)
     /// Its parent moved on since the fork: another branch committed first.
     case conflict(String, winner: String?)
+    /// Paths the commit carries were changed in the workspace by something other than BranchFS
+    /// since the fork: committing would overwrite or undo those changes.
+    case externalChange(String, paths: [String])
     /// A branch with live children is frozen: it cannot commit (nor be written).
     case frozen(String, children: [String])
     case invalidRequest(String)
@@ -39,7 +46,7 @@ public enum BranchError: Error, Equatable, CustomStringConvertible {
         case .notFound: return "not_found"
         case .notActive(_, .invalidated): return "stale"
         case .notActive: return "invalid_request"
-        case .conflict: return "conflict"
+        case .conflict, .externalChange: return "conflict"
         case .frozen: return "frozen"
         case .invalidRequest: return "invalid_request"
         case .io: return "internal"
@@ -52,6 +59,9 @@ public enum BranchError: Error, Equatable, CustomStringConvertible {
         case let .notActive(id, state): return "branch '\(id)' is \(state.rawValue)"
         case let .conflict(id, winner):
             return "branch '\(id)' cannot commit: its parent changed since the fork" + (winner.map { " (branch '\($0)' committed first)" } ?? "")
+        case let .externalChange(id, paths):
+            let shown = paths.prefix(5).joined(separator: ", ") + (paths.count > 5 ? " and \(paths.count - 5) more" : "")
+            return "branch '\(id)' cannot commit: \(paths.count) of its paths changed in the workspace outside BranchFS since the fork (\(shown))"
         case let .frozen(id, children): return "branch '\(id)' has live children (\(children.joined(separator: ", "))): it is frozen"
         case let .invalidRequest(reason): return reason
         case let .io(what, e): return "\(what): \(String(cString: strerror(e))) (errno \(e))"
@@ -75,7 +85,7 @@ public final class BranchStore {
     /// Opens (or starts) the registry in `stateDirectory/branches.json`; nil keeps it in memory.
     public init(stateDirectory: String?) throws(BranchError) {
         file = stateDirectory.map { $0 + "/branches.json" }
-        branches[Self.mainID] = Branch(id: Self.mainID, parent: nil, forkEpoch: 0, epoch: 0, state: .active)
+        branches[Self.mainID] = Branch(id: Self.mainID, parent: nil, forkEpoch: 0, forkTime: nil, epoch: 0, state: .active)
         order = [Self.mainID]
         try load()
     }
@@ -101,8 +111,9 @@ public final class BranchStore {
         let p = try info(parent)
         guard p.state == .active else { throw .notActive(parent, p.state) }
         var made: [Branch] = []
+        let now = ExternalChanges.now()
         for _ in 0..<count {
-            let b = Branch(id: newID(), parent: parent, forkEpoch: p.epoch, epoch: 0, state: .active)
+            let b = Branch(id: newID(), parent: parent, forkEpoch: p.epoch, forkTime: now, epoch: 0, state: .active)
             branches[b.id] = b
             order.append(b.id)
             made.append(b)
@@ -217,7 +228,8 @@ public final class BranchStore {
     func record(_ b: Branch) -> JSON {
         .object([
             ("id", .string(b.id)), ("parent", b.parent.map { .string($0) } ?? .null),
-            ("fork_epoch", .int(Int64(b.forkEpoch))), ("epoch", .int(Int64(b.epoch))), ("state", .string(b.state.rawValue)),
+            ("fork_epoch", .int(Int64(b.forkEpoch))), ("fork_time_ns", b.forkTime.map { .int($0) } ?? .null),
+            ("epoch", .int(Int64(b.epoch))), ("state", .string(b.state.rawValue)),
             ("last_commit_from", b.lastCommitFrom.map { .string($0) } ?? .null),
             ("invalidated_by", b.invalidatedBy.map { .string($0) } ?? .null),
         ])
@@ -273,7 +285,10 @@ public final class BranchStore {
               let state = Branch.State(rawValue: stateText),
               let fork = item["fork_epoch"]?.intValue, let epoch = item["epoch"]?.intValue else { return false }
         if branches[id] == nil { order.append(id) }
-        branches[id] = Branch(id: id, parent: item["parent"]?.stringValue, forkEpoch: UInt64(fork), epoch: UInt64(epoch),
+        // A record from before fork times were kept has none: its fork time is unknown, and
+        // its commit is not checked for external changes.
+        branches[id] = Branch(id: id, parent: item["parent"]?.stringValue, forkEpoch: UInt64(fork),
+                              forkTime: item["fork_time_ns"]?.intValue, epoch: UInt64(epoch),
                               state: state, lastCommitFrom: item["last_commit_from"]?.stringValue,
                               invalidatedBy: item["invalidated_by"]?.stringValue)
         return true

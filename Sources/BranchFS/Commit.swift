@@ -131,33 +131,13 @@ enum Durability {
 /// Plans, stages, journals and applies commits. Cost grows with the change: planning walks
 /// only the child's upper, staging links (or copies) only the changed files.
 enum Committer {
-    /// Walks the child's delta and lists the ops that carry it into the parent.
+    /// Walks the child's delta and lists the ops that carry it into the parent; changes nothing.
+    /// Into the workspace, each file gets a name in `staging`, where `stage` puts its copy.
     /// `parentView` answers "does something lie below the parent's upper at this path?".
-    static func plan(id: String, child: View, parent: View, staging: String?, stagingFD: Int32) throws(FSError) -> CommitPlan {
+    static func plan(id: String, child: View, parent: View, staging: String?) throws(FSError) -> CommitPlan {
         let c = child.upper.fd
         let intoWorkspace = parent.layers.count == 1
         var ops: [CommitOp] = []
-        var staged: [String: String] = [:] // "dev:ino" of the child's file -> staged name (hard links)
-        let sameFS = staging.map { sameDevice(child.upper.path, $0) } ?? false
-
-        func stage(_ rel: String, _ st: stat) throws(FSError) -> String {
-            let name = String(ops.count)
-            let key = "\(st.st_dev):\(st.st_ino)"
-            if st.st_mode & S_IFMT == S_IFREG {
-                if let first = staged[key] {
-                    guard linkat(stagingFD, first, stagingFD, name, 0) == 0 else { throw .last("stage link \(rel)") }
-                    return name
-                }
-                // Made durable by the caller, all staged files at once (see `Durability`).
-                if !(sameFS && linkat(c, rel, stagingFD, name, 0) == 0) {
-                    try Overlay.copyEntry(c, rel, st, to: stagingFD, name)
-                }
-                staged[key] = name
-            } else {
-                try Overlay.copyEntry(c, rel, st, to: stagingFD, name)
-            }
-            return name
-        }
 
         func walk(_ dir: String, exact: Bool) throws(FSError) {
             for e in try Overlay.listEntries(c, View.at(dir)).sorted(by: { $0.name < $1.name }) {
@@ -189,7 +169,7 @@ enum Committer {
                     try walk(rel, exact: exact || (intoWorkspace && opaque))
                     if existing == nil || !sameMetadata(c, rel, st, parent.upper.fd, existing!) { ops.append(.meta(rel)) }
                 } else if intoWorkspace {
-                    ops.append(.install(rel, staged: try stage(rel, st)))
+                    ops.append(.install(rel, staged: String(ops.count)))
                 } else {
                     ops.append(.move(rel))
                 }
@@ -198,6 +178,32 @@ enum Committer {
         try walk("", exact: false)
         return CommitPlan(id: id, child: child.id, parent: parent.id, childUpper: child.upper.path,
                           target: parent.upper.path, staging: staging, ops: ops)
+    }
+
+    /// Puts the copy of every file `plan` installs into the staging directory (`stagingFD`):
+    /// a hard link of the child's file when they share a filesystem, else a copy. Names of one
+    /// inode are linked to its first staged name, so they stay linked in the workspace.
+    /// Made durable by the caller, all staged files at once (see `Durability`).
+    static func stage(_ plan: CommitPlan, from child: View, stagingFD: Int32) throws(FSError) {
+        let c = child.upper.fd
+        let sameFS = plan.staging.map { sameDevice(plan.childUpper, $0) } ?? false
+        var staged: [String: String] = [:] // "dev:ino" of the child's file -> its first staged name
+        for case let .install(rel, name) in plan.ops {
+            guard let st = Overlay.lstat(c, rel) else { throw .last("stat \(rel)") }
+            let key = "\(st.st_dev):\(st.st_ino)"
+            if st.st_mode & S_IFMT == S_IFREG {
+                if let first = staged[key] {
+                    guard linkat(stagingFD, first, stagingFD, name, 0) == 0 else { throw .last("stage link \(rel)") }
+                    continue
+                }
+                if !(sameFS && linkat(c, rel, stagingFD, name, 0) == 0) {
+                    try Overlay.copyEntry(c, rel, st, to: stagingFD, name)
+                }
+                staged[key] = name
+            } else {
+                try Overlay.copyEntry(c, rel, st, to: stagingFD, name)
+            }
+        }
     }
 
     /// Whether two directories agree on mode, owner, mtime and xattrs.

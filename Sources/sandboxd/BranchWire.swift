@@ -27,7 +27,8 @@ enum BranchWire {
 
 extension RPCError {
     /// A BranchFS refusal: its `kind`, its message, and in `data` the branch it is about plus
-    /// what a client acts on (the winner of a conflict, the children that freeze a branch).
+    /// what a client acts on (the winner of a conflict or the paths changed outside BranchFS
+    /// that refused a commit, the children that freeze a branch).
     init(_ error: BranchError) {
         let kind = ErrorKind(rawValue: error.kind) ?? .internal
         var details: [(String, JSON)] = []
@@ -35,6 +36,8 @@ extension RPCError {
         case .notFound(let id): details = [("branch", .string(id))]
         case let .notActive(id, state): details = [("branch", .string(id)), ("state", .string(state.rawValue))]
         case let .conflict(id, winner): details = [("branch", .string(id)), ("winner", winner.map { .string($0) } ?? .null)]
+        case let .externalChange(id, paths):
+            details = [("branch", .string(id)), ("external_changes", .array(paths.map { .string($0) }))]
         case let .frozen(id, children): details = [("branch", .string(id)), ("children", .array(children.map { .string($0) }))]
         case .io(_, let e): details = [("errno", .int(Int64(e)))]
         default: break

@@ -41,9 +41,12 @@ struct Methods: Sendable {
             let id = try params.string("branch")
             try params.finish()
             let branch = try fs { () throws(BranchError) in try branches.info(id) }
+            let external = try fs { () throws(BranchError) in try branches.externalChanges(id) }
             let all = branches.list()
             let children = all.filter { $0.parent == id }.map { JSON.string($0.id) }
-            return .object(BranchWire.branch(branch, among: all, path: branches.path(of: id)) + [("children", .array(children))])
+            return .object(BranchWire.branch(branch, among: all, path: branches.path(of: id)) + [
+                ("children", .array(children)), ("external_changes", .array(external.map { .string($0) })),
+            ])
 
         case .branchDiff:
             let id = try params.string("branch")

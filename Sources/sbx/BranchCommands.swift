@@ -10,7 +10,8 @@ struct BranchCommand: ParsableCommand {
         discussion: """
             Exit status: 0 ok; 1 error (one 'sbx:' line on stderr, or the error object on stdout with --json); \
             2 usage; 3 another branch won: a commit refused because a sibling committed first (conflict), \
-            or a branch invalidated by such a commit (stale).
+            or a branch invalidated by such a commit (stale); also a commit refused because the workspace \
+            changed outside the branches at its paths since the fork (conflict, naming the paths).
             """,
         subcommands: [BranchCreate.self, BranchList.self, BranchInfo.self, BranchDiff.self, BranchPath.self,
                       BranchCommit.self, BranchAbort.self]
@@ -76,6 +77,7 @@ struct BranchInfo: ParsableCommand {
         let result = try client.call(.branchInfo, [("branch", .string(branch))])
         client.show(result) {
             let children = result["children"]?.arrayValue?.map(\.display) ?? []
+            let external = result["external_changes"]?.arrayValue?.map(\.display) ?? []
             var rows = [
                 ["id", result["id"].display], ["parent", result["parent"].display], ["state", result["state"].display],
                 ["fork_epoch", result["fork_epoch"].display], ["epoch", result["epoch"].display],
@@ -85,6 +87,7 @@ struct BranchInfo: ParsableCommand {
             for key in ["last_commit_from", "invalidated_by"] where result[key]?.stringValue != nil {
                 rows.append([key, result[key].display])
             }
+            if !external.isEmpty { rows.append(["external_changes", external.joined(separator: " ")]) }
             printOut(table(rows))
         }
     }
@@ -127,7 +130,10 @@ struct BranchCommit: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "commit",
         abstract: "Commit the branch into its parent; the first commit wins.",
-        discussion: "Exit status 3 when a sibling committed first: the message names the winner.")
+        discussion: """
+            Exit status 3 when a sibling committed first (the message names the winner) or when the workspace \
+            changed outside the branches since the fork at paths the commit carries (the message names them).
+            """)
 
     @OptionGroup var target: OneBranch
 

@@ -90,6 +90,14 @@ final class BranchStoreTests: XCTestCase {
         XCTAssertThrowsError(try store.create(from: "nope"))
     }
 
+    func testAForkRecordsTheTimeItWasMadeAt() throws {
+        let store = try BranchStore(stateDirectory: nil)
+        let before = ExternalChanges.now()
+        let forkTime = try XCTUnwrap(try store.create()[0].forkTime)
+        XCTAssertTrue((before...ExternalChanges.now()).contains(forkTime))
+        XCTAssertNil(try store.info("main").forkTime, "main is not forked")
+    }
+
     func testRegistrySurvivesARestart() throws {
         let store = try BranchStore(stateDirectory: dir)
         let kids = try store.create(count: 2)

@@ -202,6 +202,21 @@ class DaemonTestCase: XCTestCase {
         return r["branches"]?.arrayValue?.compactMap { $0["id"]?.stringValue } ?? []
     }
 
+    /// Forks a branch of main in which `rel` (a file of the workspace, made if missing) is
+    /// rewritten, then rewrites it in the workspace directly as a host tool would: its commit
+    /// must be refused. Needs the daemon running and its FUSE view; returns the branch's id.
+    func branchWithAnExternalChange(at rel: String) throws -> String {
+        if access(workspace + "/" + rel, F_OK) != 0 { try "before\n".write(toFile: workspace + "/" + rel, atomically: false, encoding: .utf8) }
+        let id = try XCTUnwrap(try createBranches(1).first)
+        try "from the branch\n".write(toFile: state + "/mnt/" + id + "/" + rel, atomically: false, encoding: .utf8)
+        // Past the fork's tick of the kernel's coarse clock, which stamps the ctime of a file
+        // nobody stat'ed since its last change (at most 4 ms): a change within that tick
+        // may not be told from one before the fork.
+        usleep(20_000)
+        try "from the host\n".write(toFile: workspace + "/" + rel, atomically: false, encoding: .utf8)
+        return id
+    }
+
     /// The branch objects of `branch.list`, by id.
     func branchesByID() throws -> [String: JSON] {
         var out: [String: JSON] = [:]

@@ -59,6 +59,23 @@ final class ProtocolTests: DaemonTestCase {
         XCTAssertEqual(e.data["children"], .array([.string(child)]))
     }
 
+    func testACommitOverAnExternalChangeIsAConflictNamingThePathsAndTheBranchLivesOn() throws {
+        let id = try branchWithAnExternalChange(at: "README")
+        guard case .failure(let e) = try call("branch.commit", [("branch", .string(id))]) else {
+            return XCTFail("a commit over an external change succeeded")
+        }
+        XCTAssertEqual(e.code, -32002)
+        XCTAssertEqual(e.kind, .conflict)
+        XCTAssertEqual(e.data["branch"], .string(id))
+        XCTAssertEqual(e.data["external_changes"], .array([.string("README")]))
+        XCTAssertNil(e.data["winner"], "no sibling won: \(e.data.text)")
+        XCTAssertTrue(e.message.contains("README"), e.message)
+        let info = try result("branch.info", [("branch", .string(id))])
+        XCTAssertEqual(info["state"], .string("active"))
+        XCTAssertEqual(info["external_changes"], .array([.string("README")]))
+        XCTAssertEqual(try String(contentsOfFile: workspace + "/README", encoding: .utf8), "from the host\n")
+    }
+
     // MARK: - framing and JSON-RPC errors
 
     func testMalformedJSONIsAParseErrorAndTheConnectionStaysUsable() throws {

@@ -84,10 +84,20 @@ final class SbxBranchCommandTests: DaemonTestCase {
         XCTAssertEqual(info["frozen"], .bool(false))
         XCTAssertEqual(info["path"], .string(state + "/mnt/" + id))
         XCTAssertEqual(info["children"], .array([]))
+        XCTAssertEqual(info["external_changes"], .array([]))
 
         let human = try sbx(["branch", "info", id])
         XCTAssertEqual(human.status, 0, human.err)
         XCTAssertTrue(human.outLines.contains("state       active"), human.out)
+    }
+
+    func testInfoNamesThePathsChangedOutsideTheBranchSinceItsFork() throws {
+        try startDaemon()
+        let id = try branchWithAnExternalChange(at: "README")
+        let human = try sbx(["branch", "info", id])
+        XCTAssertEqual(human.status, 0, human.err)
+        XCTAssertEqual(human.outLines.last, "external_changes  README", human.out)
+        XCTAssertEqual(try sbxJSON(["branch", "info", id])["external_changes"], .array([.string("README")]))
     }
 
     func testPathPrintsOnlyThePath() throws {
@@ -144,6 +154,24 @@ final class SbxBranchCommandTests: DaemonTestCase {
         XCTAssertEqual(error["data"]?["kind"], .string("conflict"))
         XCTAssertEqual(error["data"]?["winner"], .string(ids[0]))
         XCTAssertEqual(error["data"]?["branch"], .string(ids[1]))
+    }
+
+    func testCommitOverAnExternalChangeExitsThreeNamingThePath() throws {
+        try startDaemon()
+        let id = try branchWithAnExternalChange(at: "README")
+        let r = try sbx(["branch", "commit", id])
+        XCTAssertEqual(r.status, 3, "conflict exits 3: \(r.err)")
+        XCTAssertEqual(r.out, "")
+        XCTAssertEqual(r.errLines.count, 1, r.err)
+        XCTAssertTrue(r.err.hasPrefix("sbx: "), r.err)
+        XCTAssertTrue(r.err.contains("README"), "the message names the path: \(r.err)")
+
+        let json = try sbx(["branch", "commit", id, "--json"])
+        XCTAssertEqual(json.status, 3)
+        let error = try json.json()
+        XCTAssertEqual(error["data"]?["kind"], .string("conflict"))
+        XCTAssertEqual(error["data"]?["external_changes"], .array([.string("README")]))
+        XCTAssertEqual(try branchesByID()[id]?["state"], .string("active"))
     }
 
     func testAnythingElseOnAnInvalidatedBranchIsStaleAndExitsThree() throws {
