@@ -40,6 +40,8 @@ final class Node: @unchecked Sendable {
     var listingGeneration: UInt64 = 0
     /// Further names of a hard-linked file (the first name is parent/name).
     var aliases: [(parent: Node, name: String)] = []
+    /// The mtime last reported to the kernel (files of `main`, see FuseServer.noteAttributes).
+    var reportedMtime: timespec?
 
     deinit { if orphanFD >= 0 { close(orphanFD) } }
 

@@ -32,8 +32,9 @@ static inline void cbfs_conn_configure(struct fuse_conn_info *conn, unsigned max
     if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
     if (conn->capable & FUSE_CAP_SPLICE_READ) conn->want |= FUSE_CAP_SPLICE_READ;
     if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
-    // The workspace (main) can change behind our back: drop its pages when its mtime moves.
-    if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+    // Not auto_inval_data: it would drop a branch file's pages after each of its own writes.
+    // FuseServer does that job for main, whose files change behind our back.
+    conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA;
     // READDIRPLUS only when the kernel sees stats follow a listing (a plain find stays cheap).
     if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
     if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;

@@ -61,6 +61,16 @@ final class BranchSemanticsTests: BranchFSTestCase {
         }
     }
 
+    func testAHostEditOfTheWorkspaceShowsThroughMainOnceItsAttributesExpire() throws {
+        XCTAssertEqual(get(path("main") + "/README"), "hello\n") // now in the kernel's page cache
+        // Same size, so only the mtime tells the kernel's cached pages are stale.
+        try put(workspace + "/README", "HELLO\n")
+        var later = [timespec(tv_sec: 2_000_000_000, tv_nsec: 0), timespec(tv_sec: 2_000_000_000, tv_nsec: 0)]
+        XCTAssertEqual(utimensat(AT_FDCWD, workspace + "/README", &later, 0), 0)
+        usleep(UInt32(FuseServer.mainTimeout * 1_000_000) + 200_000) // main's attributes expire
+        XCTAssertEqual(get(path("main") + "/README"), "HELLO\n")
+    }
+
     func testAnOpenFileOfAnInvalidatedBranchFailsWithESTALE() throws {
         let a = try branch(), b = try branch()
         let fd = open(path(b) + "/README", O_RDWR)
