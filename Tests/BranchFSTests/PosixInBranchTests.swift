@@ -552,6 +552,30 @@ final class PosixInBranchTests: BranchFSTestCase {
         XCTAssertEqual(st.st_uid, 65534, "ownership survives the commit")
     }
 
+    /// As on a native filesystem: a write or truncate by a caller without CAP_FSETID clears
+    /// setuid, and setgid of a group-executable file; root's own writes keep them. (The
+    /// kernel leaves this to the server once it runs with FUSE_HANDLE_KILLPRIV_V2.)
+    func testWritesByAnotherUserClearSetuidAndSetgidAndRootsDoNot() throws {
+        try remountForAnotherUser()
+        let a = try branch(), p = path(a)
+        for name in ["written", "truncated", "by-root"] {
+            try put(p + "/" + name, "#!/bin/sh\n")
+            XCTAssertEqual(chown(p + "/" + name, 65534, 65534), 0)
+            XCTAssertEqual(chmod(p + "/" + name, 0o6775), 0)
+        }
+        XCTAssertEqual(mode(p + "/by-root"), 0o6775, "chmod by root keeps both bits")
+        try put(p + "/by-root", "#!/bin/sh\necho root\n")
+        XCTAssertEqual(mode(p + "/by-root"), 0o6775, "root's write keeps them")
+        let r = asNobody("echo 'echo hi' >> '\(p)/written' && : > '\(p)/truncated' && echo ok")
+        XCTAssertEqual(r.out, "ok\n", "stderr: \(r.err)")
+        XCTAssertEqual(mode(p + "/written"), 0o775, "a write by the owner clears setuid and setgid")
+        XCTAssertEqual(mode(p + "/truncated"), 0o775, "so does a truncate")
+        XCTAssertEqual(get(p + "/written"), "#!/bin/sh\necho hi\n")
+        _ = try fs.commit(a)
+        XCTAssertEqual(mode(workspace + "/written"), 0o775)
+        XCTAssertEqual(mode(workspace + "/by-root"), 0o6775)
+    }
+
     func testAnotherUserGetsEACCESWritingARootFile() throws {
         try remountForAnotherUser()
         let a = try branch(), p = path(a)
@@ -573,6 +597,12 @@ extension BranchFSTestCase {
     func sizeOf(_ path: String) -> Int? {
         var st = stat()
         return stat(path, &st) == 0 ? Int(st.st_size) : nil
+    }
+
+    /// The permission bits of `path` (setuid, setgid and sticky included), or 0 when it is missing.
+    func mode(_ path: String) -> mode_t {
+        var st = stat()
+        return stat(path, &st) == 0 ? st.st_mode & 0o7777 : 0
     }
 
     /// The file type bits of `path` itself (no symlink following), or 0 when it is missing.

@@ -24,3 +24,16 @@ int cbfs_fsync_at(int dirfd, const char *path);
 /// fsyncs `n` paths (files or directories) from a persistent pool of threads, so the disk sees
 /// them together; 0, or -errno of a failure with its index in *failed_index.
 int cbfs_fsync_many(const char *const *paths, int n, int *failed_index);
+
+struct iovec;
+/// Transport for libfuse's custom I/O (fuse_session_custom_io): plain read/writev/splice on
+/// the /dev/fuse fd, except that the INIT reply also accepts FUSE_HANDLE_KILLPRIV_V2 when the
+/// kernel offers it (libfuse 3.14 does not know the flag). With it the kernel marks the mount
+/// SB_NOSEC and stops asking for security.capability before every write; the server then owes
+/// the kernel what it no longer does: clearing setuid/setgid when a caller without
+/// CAP_FSETID writes or truncates (see FuseServer), capabilities being dropped by the backing
+/// filesystem itself on the server's own write.
+ssize_t cbfs_io_read(int fd, void *buf, size_t len, void *userdata);
+ssize_t cbfs_io_writev(int fd, struct iovec *iov, int count, void *userdata);
+ssize_t cbfs_io_splice_receive(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned flags, void *userdata);
+ssize_t cbfs_io_splice_send(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned flags, void *userdata);
