@@ -630,18 +630,6 @@ final class FuseServer: @unchecked Sendable {
         }
     }
 
-    func create(_ req: fuse_req_t?, _ parentIno: UInt64, _ name: String, _ mode: mode_t, _ fi: UnsafeMutablePointer<fuse_file_info>) throws(FSError) {
-        let (n, st) = try makeEntry(req, parentIno, name) { (dir, rel, _) throws(FSError) in
-            let fd = openat(dir, rel, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
-            guard fd >= 0 else { throw .last("create") }
-            close(fd)
-        }
-        var e = entry(n, st)
-        cbfs_fi_set_cache(fi, 1, 0)
-        cbfs_fi_set_fh(fi, 0) // stateless like every open: reads and writes name the inode
-        fuse_reply_create(req, &e, fi)
-    }
-
     func read(_ req: fuse_req_t?, _ ino: UInt64, _ size: Int, _ off: off_t) throws(FSError) {
         let (fd, owned) = try readFD(ino)
         defer { if owned { close(fd) } }
@@ -819,6 +807,9 @@ final class FuseServer: @unchecked Sendable {
         ops.getattr = { req, ino, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).getattr(req, ino) } }
         ops.setattr = { req, ino, attr, toSet, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).setattr(req, ino, attr!, toSet) } }
         ops.readlink = { req, ino in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).readlink(req, ino) } }
+        // No CREATE: the kernel, answered ENOSYS once, makes new files with MKNOD and opens
+        // them without a message like any other file, so they need no RELEASE either (one
+        // round trip a new file instead of two).
         ops.mknod = { req, parent, name, mode, rdev in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).mknod(req, parent, FuseServer.cname(name), mode, UInt64(rdev)) } }
         ops.mkdir = { req, parent, name, mode in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).mkdir(req, parent, FuseServer.cname(name), mode) } }
         ops.unlink = { req, parent, name in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).unlink(req, parent, FuseServer.cname(name), directory: false) } }
@@ -827,12 +818,10 @@ final class FuseServer: @unchecked Sendable {
         ops.rename = { req, p, n, np, nn, flags in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).rename(req, p, FuseServer.cname(n), np, FuseServer.cname(nn), flags) } }
         ops.link = { req, ino, np, nn in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).link(req, ino, np, FuseServer.cname(nn)) } }
         ops.open = { req, _, _ in fuse_reply_err(req, ENOSYS) }
-        ops.create = { req, parent, name, mode, fi in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).create(req, parent, FuseServer.cname(name), mode, fi!) } }
         ops.read = { req, ino, size, off, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).read(req, ino, size, off) } }
         ops.write = { req, ino, buf, size, off, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).write(req, ino, buf!, size, off) } }
         // Nothing to do on close: ENOSYS makes the kernel stop sending FLUSH at all.
         ops.flush = { req, _, _ in fuse_reply_err(req, ENOSYS) }
-        ops.release = { req, _, _ in fuse_reply_err(req, 0) } // only files made by CREATE get one
         ops.fsync = { req, ino, datasync, _ in FuseServer.run(req) { () throws(FSError) in try FuseServer.server(req).fsync(req, ino, datasync) } }
         // Zero-message opendir too: the kernel then caches listings (FOPEN_CACHE_DIR).
         ops.opendir = { req, _, _ in fuse_reply_err(req, ENOSYS) }

@@ -4,13 +4,6 @@
 #include <stddef.h>
 #include <fuse_lowlevel.h>
 
-// Swift does not see C bitfields reliably: set and read fuse_file_info's flags here.
-static inline void cbfs_fi_set_cache(struct fuse_file_info *fi, int keep_cache, int cache_readdir) {
-    fi->keep_cache = keep_cache ? 1 : 0;
-    fi->cache_readdir = cache_readdir ? 1 : 0;
-}
-static inline void cbfs_fi_set_fh(struct fuse_file_info *fi, uint64_t fh) { fi->fh = fh; }
-
 static inline struct fuse_session *cbfs_session_new(int argc, char **argv, const struct fuse_lowlevel_ops *ops, void *userdata) {
     struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
     struct fuse_session *se = fuse_session_new(&args, ops, sizeof(*ops), userdata);
