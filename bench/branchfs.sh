@@ -112,27 +112,30 @@ tmp=$(mktemp -d "$TMPBASE/branchfs-bench.XXXXXX")
 mounts=()         # every mount point this script made, in order
 daemon_pid=""     # the sandboxd this script started, if running
 daemon_mnt=""
+ref_pid=""        # the reference sandboxd (empty workspace) of the latency phase, if running
+ref_mnt=""
 
 mounted_under_tmp() { awk -v t="$tmp/" '{ gsub(/\\040/, " ", $5); if (index($5, t) == 1) print $5 }' /proc/self/mountinfo; }
 
-stop_daemon() {
-    [[ -n $daemon_pid ]] || return 0
-    if kill -0 "$daemon_pid" 2>/dev/null; then
-        kill -TERM "$daemon_pid" 2>/dev/null || true
-        for _ in $(seq 200); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$daemon_pid" 2>/dev/null; then
-            echo "branchfs: warning: sandboxd $daemon_pid ignored SIGTERM for 20 s; SIGKILL" >&2
-            kill -KILL "$daemon_pid" 2>/dev/null || true
+stop_sandboxd() { # PID MOUNT: SIGTERM, then SIGKILL after 20 s; detaches a mount left behind
+    local pid=$1 mnt=$2
+    [[ -n $pid ]] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "branchfs: warning: sandboxd $pid ignored SIGTERM for 20 s; SIGKILL" >&2
+            kill -KILL "$pid" 2>/dev/null || true
         fi
     fi
-    wait "$daemon_pid" 2>/dev/null || true
-    if [[ -n $daemon_mnt ]] && mountpoint -q "$daemon_mnt" 2>/dev/null; then
-        echo "branchfs: warning: sandboxd left its mount $daemon_mnt behind; detaching it" >&2
-        umount -l "$daemon_mnt" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    if [[ -n $mnt ]] && mountpoint -q "$mnt" 2>/dev/null; then
+        echo "branchfs: warning: sandboxd left its mount $mnt behind; detaching it" >&2
+        umount -l "$mnt" 2>/dev/null || true
     fi
-    daemon_pid=""
-    daemon_mnt=""
 }
+stop_daemon() { stop_sandboxd "$daemon_pid" "$daemon_mnt"; daemon_pid=""; daemon_mnt=""; }
+stop_ref_daemon() { stop_sandboxd "$ref_pid" "$ref_mnt"; ref_pid=""; ref_mnt=""; }
 
 unmount_ours() {
     local i m
@@ -171,6 +174,7 @@ cleanup() {
     trap - EXIT INT TERM
     resume_damon
     stop_daemon
+    stop_ref_daemon
     unmount_ours
     # Only mounts below our own temp dir: anything there is ours (a crashed sandboxd's, say).
     local left
@@ -228,22 +232,41 @@ echo
 
 # --- 4. sandboxd ---------------------------------------------------------------------------------
 sock=""
-start_daemon() { # WORKSPACE STATE
-    sock=$(dirname "$2")/sandboxd.sock
-    "$SANDBOXD_BIN" --socket "$sock" --state "$2" --workspace "$1" >"$2.log" 2>&1 &
-    daemon_pid=$!
-    daemon_mnt=$2/mnt
+ref_sock=""
+launched=""
+launch_sandboxd() { # WORKSPACE STATE SOCKET: starts sandboxd (pid in $launched), waits until it answers
+    "$SANDBOXD_BIN" --socket "$3" --state "$2" --workspace "$1" >"$2.log" 2>&1 &
+    launched=$!
     for _ in $(seq 200); do
-        [[ -S $sock ]] && "$FSB" rpc "$sock" '{"jsonrpc":"2.0","id":"ping","method":"status","params":{}}' >/dev/null 2>&1 && return 0
-        kill -0 "$daemon_pid" 2>/dev/null || break
+        [[ -S $3 ]] && "$FSB" rpc "$3" '{"jsonrpc":"2.0","id":"ping","method":"status","params":{}}' >/dev/null 2>&1 && return 0
+        kill -0 "$launched" 2>/dev/null || break
         sleep 0.05
     done
     echo "branchfs: sandboxd did not come up:" >&2
     cat "$2.log" >&2
     exit 1
 }
+start_daemon() { # WORKSPACE STATE
+    sock=$(dirname "$2")/sandboxd.sock
+    daemon_mnt=$2/mnt
+    launch_sandboxd "$1" "$2" "$sock"
+    daemon_pid=$launched
+}
+# A second sandboxd on an empty workspace, forked in turn with the tree's during the latency
+# phase: a fork's cost against the tree's size, each size against the same minutes' fork of an
+# empty workspace (this VM's speed drifts more between minutes than a fork could grow).
+start_ref_daemon() { # DIR
+    mkdir -p "$1/ws"
+    ref_sock=$1/sandboxd.sock
+    ref_mnt=$1/state/mnt
+    launch_sandboxd "$1/ws" "$1/state" "$ref_sock"
+    ref_pid=$launched
+}
 rpc() { # REQUEST-ID METHOD PARAMS-JSON -> "ms<TAB>response"; fails on an error response
     "$FSB" rpc "$sock" "{\"jsonrpc\":\"2.0\",\"id\":\"$1\",\"method\":\"$2\",\"params\":$3}"
+}
+ref_rpc() { # the same, to the reference sandboxd
+    "$FSB" rpc "$ref_sock" "{\"jsonrpc\":\"2.0\",\"id\":\"$1\",\"method\":\"$2\",\"params\":$3}"
 }
 branch_id() { sed -n 's/.*"branches":\[{"id":"\([^"]*\)".*/\1/p' <<<"$1"; }
 branch_path() { sed -n 's/.*"branches":\[{[^}]*"path":"\([^"]*\)".*/\1/p' <<<"$1"; }
@@ -254,6 +277,8 @@ latency() { # SIZE WORKSPACE
     for i in 1 2 3; do  # warm-up: first connection, first view
         out=$(rpc "warm-c-$i" branch.create '{}')
         rpc "warm-a-$i" branch.abort "{\"branch\":\"$(branch_id "$out")\"}" >/dev/null
+        out=$(ref_rpc "warm-rc-$i" branch.create '{}')
+        ref_rpc "warm-ra-$i" branch.abort "{\"branch\":\"$(branch_id "$out")\"}" >/dev/null
     done
     for ((i = 1; i <= FORKS; i++)); do
         out=$(rpc "raw-fork-$i" branch.create '{}')
@@ -261,6 +286,9 @@ latency() { # SIZE WORKSPACE
         id=$(branch_id "$out")
         out=$(rpc "raw-abort-$i" branch.abort "{\"branch\":\"$id\"}")
         rec lat "$n" abort_rpc sbx "$i" "${out%%$'\t'*}"
+        out=$(ref_rpc "ref-fork-$i" branch.create '{}')
+        rec lat "$n" fork_rpc_empty sbx "$i" "${out%%$'\t'*}"
+        ref_rpc "ref-abort-$i" branch.abort "{\"branch\":\"$(branch_id "$out")\"}" >/dev/null
         out=$("$FSB" spawn "$SBX_BIN" branch create --json --socket "$sock")
         ms=${out%%$'\n'*}
         rec lat "$n" fork_sbx sbx "$i" "$ms"
@@ -356,7 +384,9 @@ run_size() { # SIZE
     sync
     mkdir -p "$d/sbxd"
     start_daemon "$ws" "$d/sbxd/state"
+    start_ref_daemon "$d/empty"
     latency "$n" "$ws"
+    stop_ref_daemon
     cp "$d/sbxd/state/audit.jsonl" "$tmp/audit-$n.jsonl"
 
     echo "==> $n files: views" >&2
