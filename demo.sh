@@ -92,6 +92,16 @@ echo "(exit $code: the losing sibling is refused and nothing of it reaches the w
 step "echo late > $PC/FEATURE"
 echo late > "$PC/FEATURE" || echo "(refused: $C was invalidated by $B's commit)"
 
+step "sbx branch create; echo 4.0 > <branch>/VERSION; echo 3.1 > $DEMO/project/VERSION   # a host tool edits the workspace itself"
+D=$("$SBX" branch create | cut -f1)
+echo 4.0 > "$("$SBX" branch path "$D")/VERSION"
+sleep 0.02 # past the fork's clock tick: ctimes tell what changed after it
+echo 3.1 > "$DEMO/project/VERSION"
+"$SBX" branch info "$D" | grep external_changes || true
+step "sbx branch commit $D"
+set +e; "$SBX" branch commit "$D"; code=$?; set -e
+echo "(exit $code: the host's edit is not silently overwritten; the workspace still says $(cat "$DEMO/project/VERSION"), and $D keeps its work)"
+
 step "kill -TERM sandboxd"
 kill -TERM "$DAEMON"; wait "$DAEMON" || true; DAEMON=
 echo "(stopped: $(grep -c "$DEMO" /proc/self/mountinfo || true) mounts left; workspace files: $(cd "$DEMO/project" && echo *))"
