@@ -3,17 +3,21 @@
 # seccomp and cgroups (needs root). Installs missing Debian packages first.
 set -euo pipefail
 cd "$(dirname "$0")"
-# Debian packages sbx builds, tests and benchmarks against, installed here when any is missing
-# (a new Debian 12 machine has none of the first four). `./test.sh --install-only` stops after
-# this step (demo.sh uses it).
-# (dpkg-query fails on a package it has never heard of: its output still says so.)
-if { dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' libseccomp-dev libcap-dev libfuse3-dev fuse3 \
-        pkg-config bubblewrap util-linux iproute2 hyperfine python3 2>&1 || true; } | grep -qv '^ii '; then
-    echo "==> apt-get install (missing Debian packages)" >&2
+# The Debian packages sbx builds and tests against; a new Debian 12 machine lacks the first
+# four. Only the missing ones are installed. `./test.sh --install-only` stops after this step
+# (demo.sh uses it). The benchmarks install their own peers (bubblewrap, fuse-overlayfs, ...).
+packages=(libseccomp-dev libcap-dev libfuse3-dev fuse3 pkg-config util-linux iproute2 python3)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "==> apt-get install ${missing[*]}" >&2
     apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp-dev libcap-dev libfuse3-dev fuse3 \
-        pkg-config bubblewrap util-linux iproute2 hyperfine python3 >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 fi
+pkg-config --exists libseccomp libcap fuse3 ||
+    { echo "test.sh: libseccomp, libcap or fuse3 development files are still missing after apt-get" >&2; exit 1; }
 [[ ${1:-} == --install-only ]] && exit 0
 command -v swift >/dev/null || { echo "sbx: swift (6.x) is not on PATH: install the Swift toolchain first" >&2; exit 1; }
 swift build --build-tests
