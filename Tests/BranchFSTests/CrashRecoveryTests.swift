@@ -40,7 +40,7 @@ final class CrashRecoveryTests: BranchFSTestCase {
     // MARK: - SIGKILL of sandboxd during a commit
 
     func testSandboxdKilledAtARandomInstantOfACommitRecoversToExactlyPreOrPost() throws {
-        guard let bin = CrashBinaries.directory else {
+        guard let bin = BuiltBinaries.directory else {
             let msg = "sandboxd and sbx not found beside the test bundle (build with `swift build --build-tests`, or set SBX_E2E_BIN_DIR): crash-safety of commit not tested"
             print("SKIP: " + msg)
             throw XCTSkip(msg)
@@ -198,19 +198,6 @@ final class CrashRecoveryTests: BranchFSTestCase {
 struct CrashFailure: Error, CustomStringConvertible {
     let description: String
     init(_ d: String) { description = d }
-}
-
-/// `sandboxd` and `sbx` beside the test bundle, else in `$SBX_E2E_BIN_DIR`.
-enum CrashBinaries {
-    static let directory: String? = {
-        var candidates: [String] = []
-        if let dir = ProcessInfo.processInfo.environment["SBX_E2E_BIN_DIR"] { candidates.append(dir) }
-        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
-            candidates.append((exe as NSString).deletingLastPathComponent)
-        }
-        for bundle in Bundle.allBundles { candidates.append((bundle.bundlePath as NSString).deletingLastPathComponent) }
-        return candidates.first { access($0 + "/sandboxd", X_OK) == 0 && access($0 + "/sbx", X_OK) == 0 }
-    }()
 }
 
 /// sandboxd on one round's workspace, state and socket; ready once the socket accepts.

@@ -11,24 +11,6 @@ import XCTest
 import Glibc
 #endif
 
-/// The binaries under test: beside the test bundle (`swift build --build-tests` builds them into
-/// the same directory), else `$SBX_E2E_BIN_DIR`, else the usual build directories.
-enum Binaries {
-    static let directory: String? = {
-        var candidates: [String] = []
-        if let dir = ProcessInfo.processInfo.environment["SBX_E2E_BIN_DIR"] { candidates.append(dir) }
-        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
-            candidates.append((exe as NSString).deletingLastPathComponent)
-        }
-        for bundle in Bundle.allBundles { candidates.append((bundle.bundlePath as NSString).deletingLastPathComponent) }
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-        for scratch in [".build", ".build-d"] { candidates.append(repo + "/" + scratch + "/debug") }
-        return candidates.first { access($0 + "/sandboxd", X_OK) == 0 && access($0 + "/sbx", X_OK) == 0 }
-    }()
-    static var sandboxd: String { (directory ?? "/nonexistent") + "/sandboxd" }
-    static var sbx: String { (directory ?? "/nonexistent") + "/sbx" }
-}
-
 /// A finished process: its exit status (128+N when killed by signal N) and what it printed.
 struct Finished {
     let pid: pid_t
@@ -64,7 +46,7 @@ class DaemonTestCase: XCTestCase {
 
     override func setUpWithError() throws {
         try super.setUpWithError()
-        guard Binaries.directory != nil else {
+        guard BuiltBinaries.directory != nil else {
             XCTFail("sandboxd and sbx not found beside the test bundle; build with `swift build --build-tests` (or set SBX_E2E_BIN_DIR)")
             throw HarnessFailure("binaries not found")
         }
@@ -131,7 +113,7 @@ class DaemonTestCase: XCTestCase {
     func launchDaemon(socket: String? = nil, state: String? = nil, arguments: [String] = []) throws -> Spawned {
         let (out, err) = nextOutputPaths("sandboxd")
         let args = ["--socket", socket ?? self.socket, "--state", state ?? self.state, "--workspace", workspace] + arguments
-        let daemon = try Spawned(Binaries.sandboxd, args, environment: ProcessInfo.processInfo.environment, outPath: out, errPath: err)
+        let daemon = try Spawned(BuiltBinaries.sandboxd, args, environment: ProcessInfo.processInfo.environment, outPath: out, errPath: err)
         daemons.append(daemon)
         return daemon
     }
@@ -150,7 +132,7 @@ class DaemonTestCase: XCTestCase {
         env[SocketPath.environmentVariable] = socket
         for (key, value) in overrides { env[key] = value }
         let (out, err) = nextOutputPaths("sbx")
-        let process = try Spawned(Binaries.sbx, arguments, environment: env, outPath: out, errPath: err)
+        let process = try Spawned(BuiltBinaries.sbx, arguments, environment: env, outPath: out, errPath: err)
         guard let status = process.wait(timeout: 60) else {
             process.signal(SIGKILL)
             process.wait(timeout: 5)
