@@ -37,6 +37,9 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     public let stateDirectory: String
     public let mountPoint: String
     let store: BranchStore
+    /// Commits into main stage inside the workspace (hidden) when the state directory lives
+    /// on another filesystem: a hard link cannot cross over.
+    private let stagesInWorkspace: Bool
     let lock = Mutex()
     let server: FuseServer
     private var views: [String: View] = [:]
@@ -73,6 +76,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             throw .invalidRequest("the workspace \(self.workspace) and the mount point \(self.mountPoint) must not contain each other")
         }
         store = try BranchStore(stateDirectory: self.stateDirectory)
+        stagesInWorkspace = !Committer.sameDevice(self.stateDirectory, self.workspace)
         server = FuseServer(mountPoint: self.mountPoint)
         server.provider = self
         try recover()
@@ -114,7 +118,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             // A commit that staged inside the workspace removes its staging directory while it
             // settles, which moves the workspace root's ctime: after this fork, that would look
             // like an external change (see `ExternalChanges`).
-            if parent == BranchStore.mainID && !Committer.sameDevice(stateDirectory, workspace) { settler.sync {} }
+            if parent == BranchStore.mainID && stagesInWorkspace { settler.sync {} }
             let made = try store.create(from: parent, count: count)
             // The upper's root carries the parent root's owner, mode and times: it is what the
             // branch root shows.
@@ -187,9 +191,9 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                 let intoWorkspace = parentID == BranchStore.mainID
                 var staging: String?
                 if intoWorkspace {
-                    staging = Committer.sameDevice(stateDirectory, workspace)
-                        ? stateDirectory + "/staging/" + commitID
-                        : workspace + "/" + parent.hiddenRootPrefix + commitID
+                    staging = stagesInWorkspace
+                        ? workspace + "/" + parent.hiddenRootPrefix + commitID
+                        : stateDirectory + "/staging/" + commitID
                 }
                 var trace = Trace("commit \(id)")
                 defer { trace.report() }
