@@ -129,16 +129,14 @@ def main():
         return [r["ms"] for r in raw if r["kind"] == kind and r["size"] == size
                 and r["workload"] == workload and r["system"] == system]
 
-    def paired(kind, size, workload, a, b):
-        """Per-round ratios a / b: every round runs each system once, back to back, so the ratio
-        cancels the drift of this VM's speed between rounds (the fork latency pairs iterations)."""
-        at = {r["round"]: r["ms"] for r in raw if r["kind"] == kind and r["size"] == size and r["workload"] == workload and r["system"] == a}
-        bt = {r["round"]: r["ms"] for r in raw if r["kind"] == kind and r["size"] == size and r["workload"] == workload and r["system"] == b}
-        return [at[k] / bt[k] for k in sorted(at) if k in bt and bt[k] > 0]
-
-    def paired_workloads(size, a_workload, b_workload):
-        at = {r["round"]: r["ms"] for r in raw if r["kind"] == "lat" and r["size"] == size and r["workload"] == a_workload}
-        bt = {r["round"]: r["ms"] for r in raw if r["kind"] == "lat" and r["size"] == size and r["workload"] == b_workload}
+    def paired(kind, size, a, b):
+        """Per-round ratios a / b, each a (workload, system): every round runs each system once,
+        back to back, so the ratio cancels the drift of this VM's speed between rounds (for the
+        latency phase a round is one iteration of the loop)."""
+        def by_round(w, sy):
+            return {r["round"]: r["ms"] for r in raw if r["kind"] == kind and r["size"] == size
+                    and r["workload"] == w and r["system"] == sy}
+        at, bt = by_round(*a), by_round(*b)
         return [at[k] / bt[k] for k in sorted(at) if k in bt and bt[k] > 0]
 
     summary = {"latency": {}, "workloads": {}, "setup": {}}
@@ -188,7 +186,7 @@ def main():
             for sy in ("kovl", "fovl", "sbx"):
                 row.append("%s %s%s" % (fmt_ms(med[sy]), fmt_x(med[sy] / nat if nat else math.nan),
                                         " (%d failed)" % fails[sy] if fails[sy] else ""))
-            pr = paired("fs", s, w, "sbx", "fovl")
+            pr = paired("fs", s, (w, "sbx"), (w, "fovl"))
             px = median(pr) if pr else math.nan
             row.append("%s (%d/%d)" % (fmt_x(px), sum(1 for x in pr if x > 1.0), len(pr)) if pr else "-")
             rows.append(row)
@@ -221,8 +219,8 @@ def main():
         lo, hi = forks[min(forks)], forks[max(forks)]
         # Flat means the tree's size adds nothing: each size's forks against forks of an empty
         # workspace made in turn with them (the phases run minutes apart, and this VM drifts).
-        rel = {sz: median(paired_workloads(sz, "fork_rpc", "fork_rpc_empty")) for sz in sizes
-               if paired_workloads(sz, "fork_rpc", "fork_rpc_empty")}
+        fork_vs_empty = {sz: paired("lat", sz, ("fork_rpc", "sbx"), ("fork_rpc_empty", "sbx")) for sz in sizes}
+        rel = {sz: median(v) for sz, v in fork_vs_empty.items() if v}
         if rel:
             worst_rel = max(rel.values())
             checks.append(("fork flat from %d to %d files (fork / empty-workspace fork at the same moment: %s; medians %.3f -> %.3f ms)"
