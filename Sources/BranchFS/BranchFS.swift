@@ -197,7 +197,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                 }
                 var trace = Trace("commit \(id)")
                 defer { trace.report() }
-                let plan: CommitPlan
+                var plan: CommitPlan
                 do throws(FSError) {
                     plan = try server.tree.reading { () throws(FSError) in
                         try Committer.plan(id: commitID, child: child, parent: parent, staging: staging)
@@ -219,13 +219,21 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                     stagingFD = open(staging, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
                 }
                 defer { if stagingFD >= 0 { Glibc.close(stagingFD) } }
+                // Open on the files the journal carries, until the settler has fsynced them.
+                var inlineFDs: [Int32] = []
+                var settling = false
+                defer { if !settling { inlineFDs.forEach { Glibc.close($0) } } }
                 do throws(FSError) {
                     if let staging {
-                        try server.tree.reading { () throws(FSError) in try Committer.stage(plan, from: child, stagingFD: stagingFD) }
-                        trace.mark("stage")
-                        // Staged data first, then the journal: the journal on disk is the commit point.
-                        try Durability.fsyncAll(plan.stagedNames.map { staging + "/" + $0 } + [staging])
-                        trace.mark("fsync staged (\(plan.stagedNames.count + 1))")
+                        inlineFDs = try server.tree.reading { () throws(FSError) in try Committer.stage(&plan, from: child, stagingFD: stagingFD) }
+                        trace.mark("stage (\(plan.inline.count) inline)")
+                        // Staged data first, then the journal: the journal on disk is the commit
+                        // point. Files it carries itself need no fsync of their own yet.
+                        let durable = plan.stagedNames.filter { plan.inline[$0] == nil }
+                        if !durable.isEmpty {
+                            try Durability.fsyncAll(durable.map { staging + "/" + $0 } + [staging])
+                            trace.mark("fsync staged (\(durable.count + 1))")
+                        }
                     }
                     try Committer.write(plan, to: journalPath(commitID))
                     trace.mark("journal")
@@ -259,7 +267,8 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                 // Durable since the journal: what is left (the applied directories and the
                 // registry, then the journal's removal) runs in the background while the
                 // parent's writers and the next commit wait for it.
-                settle(plan, touched: touched, parent: parent)
+                settling = true
+                settle(plan, touched: touched, installed: inlineFDs, parent: parent)
                 trace.mark("retire")
                 for v in dead { views[v.id] = nil }
                 let result = CommitResult(committed: id, into: parentID, epoch: epoch, invalidated: invalidated, changes: plan.ops.count)
@@ -357,17 +366,19 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         janitor.async { try? Overlay.removeTree(AT_FDCWD, replaced) }
     }
 
-    /// Finishes an applied commit in the background: fsyncs the directories it changed with
-    /// the registry log, then retires its journal. A failure leaves the journal for the next
-    /// start to replay and stops this instance from changing anything else.
-    private func settle(_ plan: CommitPlan, touched: [String], parent: View) {
+    /// Finishes an applied commit in the background: fsyncs the directories it changed, the
+    /// files its journal carried (`installed`, descriptors it closes) and the registry log, then
+    /// retires its journal. A failure leaves the journal for the next start to replay and stops
+    /// this instance from changing anything else.
+    private func settle(_ plan: CommitPlan, touched: [String], installed: [Int32], parent: View) {
         let log = store.logFile.map { [$0] } ?? []
         settler.async { [self] in
+            defer { installed.forEach { Glibc.close($0) } }
             if settleDelayForTesting > 0 { usleep(settleDelayForTesting) }
             var trace = Trace("settle \(plan.id)")
             do throws(FSError) {
-                try Durability.fsyncAll(touched + log)
-                trace.mark("fsync applied (\(touched.count + 1))")
+                try Durability.fsyncAll(touched + log, fds: installed)
+                trace.mark("fsync applied (\(touched.count + installed.count + log.count))")
                 try retireJournal(plan)
                 trace.mark("journal retired")
             } catch {
@@ -415,6 +426,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             guard name.hasSuffix(".json"), let plan = Committer.read(file) else { unlink(file); continue }
             if let b = store.branches[plan.child], b.state == .active { _ = try store.commit(plan.child) }
             do throws(FSError) {
+                try Committer.restage(plan)
                 try Durability.fsyncAll(try Committer.apply(plan))
                 retireChild(plan)
                 try retireJournal(plan)

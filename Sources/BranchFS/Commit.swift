@@ -73,6 +73,8 @@ struct CommitPlan {
     /// Where staged copies wait (commits into the workspace only).
     let staging: String?
     var ops: [CommitOp]
+    /// Staged files carried whole in the journal, by staged name (see `InlineFile`).
+    var inline: [String: InlineFile] = [:]
 
     /// Names in the staging directory (commits into the workspace).
     var stagedNames: [String] {
@@ -87,6 +89,7 @@ struct CommitPlan {
             ("id", .string(id)), ("child", .string(child)), ("parent", .string(parent)),
             ("child_upper", .string(childUpper)), ("target", .string(target)),
             ("staging", staging.map { .string($0) } ?? .null), ("ops", .array(ops.map(\.json))),
+            ("inline", .object(inline.sorted { $0.key < $1.key }.map { ($0.key, $0.value.json) })),
         ])
     }
 
@@ -102,6 +105,10 @@ struct CommitPlan {
         let parsed = ops.compactMap(CommitOp.init(json:))
         guard parsed.count == ops.count else { return nil }
         self.init(id: id, child: child, parent: parent, childUpper: cu, target: target, staging: json["staging"]?.stringValue, ops: parsed)
+        for (name, file) in json["inline"]?.objectValue ?? [] {
+            guard let f = InlineFile(json: file) else { return nil }
+            inline[name] = f
+        }
     }
 }
 
@@ -111,20 +118,24 @@ struct CommitPlan {
 enum Durability {
     static func startPool() {
         var failed: Int32 = -1
-        _ = cbfs_fsync_many(nil, 0, &failed)
+        _ = cbfs_fsync_many(nil, 0, nil, 0, &failed)
     }
 
-    static func fsyncAll(_ paths: [String]) throws(FSError) {
-        guard !paths.isEmpty else { return }
+    /// fsyncs `paths` (files or directories) and the open files `fds`, all at once.
+    static func fsyncAll(_ paths: [String], fds: [Int32] = []) throws(FSError) {
+        guard !paths.isEmpty || !fds.isEmpty else { return }
         var cstrings = paths.map { strdup($0) }
         defer { cstrings.forEach { free($0) } }
         var failed: Int32 = -1
         let r = cstrings.withUnsafeMutableBufferPointer { buf in
-            buf.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buf.count) {
-                cbfs_fsync_many($0, Int32(buf.count), &failed)
+            buf.withMemoryRebound(to: UnsafePointer<CChar>?.self) { paths in
+                fds.withUnsafeBufferPointer { cbfs_fsync_many(paths.baseAddress, Int32(paths.count), $0.baseAddress, Int32($0.count), &failed) }
             }
         }
-        if r != 0 { throw FSError(-r, "fsync \(paths[Int(failed)])") }
+        if r != 0 {
+            let i = Int(failed)
+            throw FSError(-r, i < paths.count ? "fsync \(paths[i])" : "fsync of an installed file")
+        }
     }
 }
 
@@ -183,15 +194,23 @@ enum Committer {
     /// Puts the copy of every file `plan` installs into the staging directory (`stagingFD`):
     /// a hard link of the child's file when they share a filesystem, else a copy. Names of one
     /// inode are linked to its first staged name, so they stay linked in the workspace.
-    /// Made durable by the caller, all staged files at once (see `Durability`).
-    static func stage(_ plan: CommitPlan, from child: View, stagingFD: Int32) throws(FSError) {
+    /// Small files go into `plan.inline` too; the returned descriptors are open on them, for
+    /// the caller to fsync once they are installed and then close. The caller makes the other
+    /// staged files durable, all at once (see `Durability`).
+    static func stage(_ plan: inout CommitPlan, from child: View, stagingFD: Int32) throws(FSError) -> [Int32] {
         let c = child.upper.fd
         let sameFS = plan.staging.map { sameDevice(plan.childUpper, $0) } ?? false
         var staged: [String: String] = [:] // "dev:ino" of the child's file -> its first staged name
-        for case let .install(rel, name) in plan.ops {
-            guard let st = Overlay.lstat(c, rel) else { throw .last("stat \(rel)") }
-            let key = "\(st.st_dev):\(st.st_ino)"
-            if st.st_mode & S_IFMT == S_IFREG {
+        var fds: [Int32] = []
+        var budget = InlineFile.maxCommitBytes
+        do throws(FSError) {
+            for case let .install(rel, name) in plan.ops {
+                guard let st = Overlay.lstat(c, rel) else { throw .last("stat \(rel)") }
+                let key = "\(st.st_dev):\(st.st_ino)"
+                guard st.st_mode & S_IFMT == S_IFREG else {
+                    try Overlay.copyEntry(c, rel, st, to: stagingFD, name)
+                    continue
+                }
                 if let first = staged[key] {
                     guard linkat(stagingFD, first, stagingFD, name, 0) == 0 else { throw .last("stage link \(rel)") }
                     continue
@@ -200,10 +219,30 @@ enum Committer {
                     try Overlay.copyEntry(c, rel, st, to: stagingFD, name)
                 }
                 staged[key] = name
-            } else {
-                try Overlay.copyEntry(c, rel, st, to: stagingFD, name)
+                if st.st_nlink == 1, fds.count < InlineFile.maxCommitFiles, let (file, fd) = InlineFile.capture(stagingFD, name, budget: budget) {
+                    plan.inline[name] = file
+                    fds.append(fd)
+                    budget -= file.data.count
+                }
             }
+        } catch {
+            fds.forEach { close($0) }
+            throw error
         }
+        return fds
+    }
+
+    /// Writes the journal's inline files into staging again, durably, before a replay
+    /// installs them: the copies a crash interrupted may have lost their data, wherever they are.
+    static func restage(_ plan: CommitPlan) throws(FSError) {
+        guard let staging = plan.staging, !plan.inline.isEmpty else { return }
+        guard mkdir(staging, 0o700) == 0 || errno == EEXIST else { throw .last("mkdir \(staging)") }
+        let s = try Overlay.openDirectory(staging)
+        defer { close(s) }
+        var fds: [Int32] = []
+        defer { fds.forEach { close($0) } }
+        for (name, file) in plan.inline.sorted(by: { $0.key < $1.key }) { fds.append(try file.write(s, name)) }
+        try Durability.fsyncAll([staging], fds: fds)
     }
 
     /// Whether two directories agree on mode, owner, mtime and xattrs.
@@ -280,7 +319,17 @@ enum Committer {
                 touched.insert(parent)
             case let .install(_, staged):
                 guard s >= 0, Overlay.lstat(s, staged) != nil else { continue } // already installed
-                if let st = Overlay.lstat(t, rel), st.st_mode & S_IFMT == S_IFDIR { try Overlay.removeTree(t, rel) }
+                let existing = Overlay.lstat(t, rel)
+                if let st = existing, st.st_mode & S_IFMT == S_IFDIR { try Overlay.removeTree(t, rel) }
+                // A file the journal carries (restaged by every replay) swaps places with the one
+                // it replaces, which leaves with the staging directory: a rename over an existing
+                // file would make ext4 allocate and start writing the new file's blocks on the
+                // spot (auto_da_alloc), 20-40 us a file here, when its data is not synced yet.
+                if plan.inline[staged] != nil, let st = existing, st.st_mode & S_IFMT != S_IFDIR,
+                   cbfs_renameat2(s, staged, t, rel, CBFS_RENAME_EXCHANGE) == 0 {
+                    touched.insert(parent)
+                    continue
+                }
                 keepReplaced(rel)
                 guard renameat(s, staged, t, rel) == 0 else { throw .last("install \(rel)") }
                 touched.insert(parent)

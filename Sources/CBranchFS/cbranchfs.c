@@ -9,6 +9,7 @@
 
 const unsigned CBFS_RENAME_NOREPLACE = RENAME_NOREPLACE;
 const unsigned CBFS_RENAME_EXCHANGE = RENAME_EXCHANGE;
+const int CBFS_O_NOATIME = O_NOATIME;
 const long CBFS_UTIME_OMIT = UTIME_OMIT;
 const long CBFS_UTIME_NOW = UTIME_NOW;
 
@@ -80,7 +81,8 @@ static pthread_cond_t pool_done = PTHREAD_COND_INITIALIZER;
 static int pool_started;
 static unsigned long pool_generation;
 static const char *const *job_paths;
-static int job_n, job_next, job_finished, job_failed_index, job_failed_errno;
+static const int *job_fds;
+static int job_npaths, job_n, job_next, job_finished, job_failed_index, job_failed_errno;
 
 static void run_jobs(void) {
     for (;;) {
@@ -88,7 +90,8 @@ static void run_jobs(void) {
         int i = job_next < job_n ? job_next++ : -1;
         pthread_mutex_unlock(&pool_mu);
         if (i < 0) return;
-        int r = cbfs_fsync_at(AT_FDCWD, job_paths[i]);
+        int r = i < job_npaths ? cbfs_fsync_at(AT_FDCWD, job_paths[i])
+                               : (fsync(job_fds[i - job_npaths]) == 0 ? 0 : -errno);
         pthread_mutex_lock(&pool_mu);
         if (r != 0 && job_failed_index < 0) { job_failed_index = i; job_failed_errno = -r; }
         if (++job_finished == job_n) pthread_cond_broadcast(&pool_done);
@@ -109,7 +112,8 @@ static void *pool_worker(void *arg) {
     return NULL;
 }
 
-int cbfs_fsync_many(const char *const *paths, int n, int *failed_index) {
+int cbfs_fsync_many(const char *const *paths, int npaths, const int *fds, int nfds, int *failed_index) {
+    int n = npaths + nfds;
     pthread_mutex_lock(&pool_lock);
     if (!pool_started) {
         for (int i = 0; i < POOL_THREADS; i++) {
@@ -123,7 +127,7 @@ int cbfs_fsync_many(const char *const *paths, int n, int *failed_index) {
         pool_started = 1;
     }
     pthread_mutex_lock(&pool_mu);
-    job_paths = paths; job_n = n; job_next = 0; job_finished = 0; job_failed_index = -1; job_failed_errno = 0;
+    job_paths = paths; job_fds = fds; job_npaths = npaths; job_n = n; job_next = 0; job_finished = 0; job_failed_index = -1; job_failed_errno = 0;
     if (n > 1) { pool_generation++; pthread_cond_broadcast(&pool_work); }
     pthread_mutex_unlock(&pool_mu);
     run_jobs(); // the caller works too

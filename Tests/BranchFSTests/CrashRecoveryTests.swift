@@ -37,6 +37,56 @@ final class CrashRecoveryTests: BranchFSTestCase {
         XCTAssertEqual(get(path(a) + "/kept.txt"), "kept\n", "the branch's delta survives")
     }
 
+    func testAReplayWritesTheSmallFilesItsJournalCarriesAgainWhateverACrashLeftOfThem() throws {
+        let a = try branch()
+        let p = path(a)
+        try put(p + "/README", "edited in the branch\n")
+        try put(p + "/src/new.c", "int added;\n")
+        XCTAssertEqual(chmod(p + "/src/new.c", 0o751), 0)
+        var times = [timespec(tv_sec: 1_500_000_000, tv_nsec: 123), timespec(tv_sec: 1_500_000_000, tv_nsec: 456)]
+        XCTAssertEqual(utimensat(AT_FDCWD, p + "/src/new.c", &times, 0), 0)
+        try put(p + "/big.bin", String(repeating: "b", count: InlineFile.maxFileBytes + 1))
+        XCTAssertEqual(link(p + "/src/main.c", p + "/src/main-link.c"), 0)
+        try put(p + "/src/main.c", "int main(void) { return 1; }\n")
+
+        fs.settleDelayForTesting = 1_000_000 // the journal outlives the commit's return by a second
+        _ = try fs.commit(a)
+        let journalDir = state + "/journal"
+        let names = try FileManager.default.contentsOfDirectory(atPath: journalDir)
+        XCTAssertEqual(names.count, 1, "the commit's journal is still on disk")
+        let journalFile = journalDir + "/" + (names.first ?? "")
+        let saved = try XCTUnwrap(FileManager.default.contents(atPath: journalFile))
+        let plan = try XCTUnwrap(Committer.read(journalFile))
+        let inlined = Set(plan.ops.compactMap { op -> String? in
+            if case let .install(rel, staged) = op, plan.inline[staged] != nil { return rel }
+            return nil
+        })
+        XCTAssertEqual(inlined, ["README", "src/new.c"], "small single-name files travel in the journal; a large file and linked names do not")
+        let post = treeDigest(workspace)
+        fs.close()
+        fs = nil
+
+        // What a crash after the journal's fsync and before the settler's can leave: the files
+        // installed, their data and metadata never written back. Then the journal, as it was.
+        XCTAssertEqual(truncate(workspace + "/README", 0), 0)
+        try put(workspace + "/src/new.c", "garbage")
+        XCTAssertEqual(chmod(workspace + "/src/new.c", 0o600), 0)
+        XCTAssertTrue(FileManager.default.createFile(atPath: journalFile, contents: saved))
+
+        fs = try BranchFS(workspace: workspace, stateDirectory: state)
+        XCTAssertEqual(treeDigest(workspace), post, "the replay reaches the post-commit tree")
+        XCTAssertEqual(get(workspace + "/README"), "edited in the branch\n")
+        XCTAssertEqual(get(workspace + "/src/new.c"), "int added;\n")
+        var st = stat()
+        XCTAssertEqual(stat(workspace + "/src/new.c", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o7777, 0o751)
+        XCTAssertEqual(st.st_mtim.tv_sec, 1_500_000_000)
+        XCTAssertEqual(st.st_mtim.tv_nsec, 456)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: journalDir), [], "the journal is retired")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/staging"), [], "nothing is left staged")
+        XCTAssertEqual(try fs.info(a).state, .committed)
+    }
+
     // MARK: - SIGKILL of sandboxd during a commit
 
     func testSandboxdKilledAtARandomInstantOfACommitRecoversToExactlyPreOrPost() throws {

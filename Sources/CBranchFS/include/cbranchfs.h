@@ -7,6 +7,8 @@
 
 extern const unsigned CBFS_RENAME_NOREPLACE;
 extern const unsigned CBFS_RENAME_EXCHANGE;
+/// O_NOATIME (hidden from Swift without _GNU_SOURCE): reading a file to commit it leaves its atime alone.
+extern const int CBFS_O_NOATIME;
 extern const long CBFS_UTIME_OMIT;
 extern const long CBFS_UTIME_NOW;
 
@@ -21,9 +23,10 @@ int cbfs_mknodat(int dirfd, const char *name, mode_t mode, uint64_t rdev);
 int cbfs_is_whiteout(mode_t mode, uint64_t rdev);
 /// fsync of a regular file or directory given by path relative to dirfd (others: no-op); 0 or -errno.
 int cbfs_fsync_at(int dirfd, const char *path);
-/// fsyncs `n` paths (files or directories) from a persistent pool of threads, so the disk sees
-/// them together; 0, or -errno of a failure with its index in *failed_index.
-int cbfs_fsync_many(const char *const *paths, int n, int *failed_index);
+/// fsyncs `npaths` paths (files or directories), then `nfds` open files, from a persistent pool
+/// of threads, so the disk sees them together; 0, or -errno of a failure with its index (paths
+/// first, then fds) in *failed_index.
+int cbfs_fsync_many(const char *const *paths, int npaths, const int *fds, int nfds, int *failed_index);
 
 struct iovec;
 /// Transport for libfuse's custom I/O (fuse_session_custom_io): plain read/writev/splice on
