@@ -31,12 +31,13 @@ public struct CommitResult: Equatable, Sendable {
 /// and lazily unmounts a stale FUSE mount at `mountPoint`.
 ///
 /// State layout: `branches.json` + `branches.log` (registry), `layers/<id>/` (a branch's upper, overlayfs format),
-/// `work/<id>/` (copy-ups in progress), `journal/<commit>.json`, `staging/<commit>/`.
+/// `work/<id>/` (copy-ups in progress), `journal/commit` (see `Journal`), `staging/<commit>/`.
 public final class BranchFS: @unchecked Sendable, ViewProvider {
     public let workspace: String
     public let stateDirectory: String
     public let mountPoint: String
     let store: BranchStore
+    let journal: Journal
     /// Commits into main stage inside the workspace (hidden) when the state directory lives
     /// on another filesystem: a hard link cannot cross over.
     private let stagesInWorkspace: Bool
@@ -76,6 +77,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             throw .invalidRequest("the workspace \(self.workspace) and the mount point \(self.mountPoint) must not contain each other")
         }
         store = try BranchStore(stateDirectory: self.stateDirectory)
+        do { journal = try Journal(directory: self.stateDirectory + "/journal") } catch { throw .io(error.what, errno: error.errno) }
         stagesInWorkspace = !Committer.sameDevice(self.stateDirectory, self.workspace)
         server = FuseServer(mountPoint: self.mountPoint)
         server.provider = self
@@ -178,9 +180,13 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     /// staged while the branch's writers wait, journaled (the commit point), recorded in the
     /// registry, then applied under the tree lock so no reader sees half of it.
     public func commit(_ id: String) throws(BranchError) -> CommitResult {
+        var trace = Trace("commit \(id)")
+        defer { trace.report() }
         let (result, dead, parentView, changed) = try lock.lockedThrowing { () throws(BranchError) -> (CommitResult, [View], View, [String]) in
             guard id != BranchStore.mainID else { throw .invalidRequest("main is the workspace: it has nothing to commit into") }
+            trace.mark("lock")
             try settled()
+            trace.mark("settled")
             try store.checkCommit(id)
             let b = try store.info(id)
             let parentID = b.parent!
@@ -195,8 +201,6 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                         ? workspace + "/" + parent.hiddenRootPrefix + commitID
                         : stateDirectory + "/staging/" + commitID
                 }
-                var trace = Trace("commit \(id)")
-                defer { trace.report() }
                 var plan: CommitPlan
                 do throws(FSError) {
                     plan = try server.tree.reading { () throws(FSError) in
@@ -235,7 +239,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                             trace.mark("fsync staged (\(durable.count + 1))")
                         }
                     }
-                    try Committer.write(plan, to: journalPath(commitID))
+                    try journal.write(plan)
                     trace.mark("journal")
                 } catch {
                     if let staging { try? Overlay.removeTree(AT_FDCWD, staging) }
@@ -277,11 +281,15 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         }
         // Outside every lock: the kernel may need inode locks that a waiting handler holds.
         server.invalidate(paths: changed, in: parentView)
+        trace.mark("invalidate parent paths")
         for v in dead {
             server.invalidateAll(of: v)
+            trace.mark("invalidate dead view")
             server.dropRoot(of: v)
+            trace.mark("drop dead nodes")
         }
         server.invalidateInode(FuseServer.rootIno)
+        trace.mark("invalidate root")
         return result
     }
 
@@ -311,7 +319,6 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
 
     func layerPath(_ id: String) -> String { stateDirectory + "/layers/" + id }
     func workPath(_ id: String) -> String { stateDirectory + "/work/" + id }
-    func journalPath(_ commit: String) -> String { stateDirectory + "/journal/" + commit + ".json" }
 
     /// The view of branch `id`, built on first use: its upper, each ancestor's upper, the workspace.
     func viewLocked(_ id: String, allowDead: Bool = false) throws(BranchError) -> View {
@@ -359,8 +366,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     /// parent again (a replay over newer writes would undo them); then its staging and the
     /// files it replaced.
     private func retireJournal(_ plan: CommitPlan) throws(FSError) {
-        guard unlink(journalPath(plan.id)) == 0 else { throw .last("unlink journal \(plan.id)") }
-        guard cbfs_fsync_at(AT_FDCWD, stateDirectory + "/journal") == 0 else { throw .last("fsync journal directory") }
+        try journal.clear()
         if let s = plan.staging { discard(s) }
         let replaced = stateDirectory + "/trash/" + plan.id
         janitor.async { try? Overlay.removeTree(AT_FDCWD, replaced) }
@@ -420,10 +426,10 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     /// Replays journaled commits (roll-forward) and removes what unjournaled ones staged.
     private func recover() throws(BranchError) {
         let journalDir = stateDirectory + "/journal"
-        let names = (try? Overlay.listNames(AT_FDCWD, journalDir)) ?? []
-        for name in names.sorted() {
-            let file = journalDir + "/" + name
-            guard name.hasSuffix(".json"), let plan = Committer.read(file) else { unlink(file); continue }
+        for name in (try? Overlay.listNames(AT_FDCWD, journalDir)) ?? [] where name != Journal.name {
+            try? Overlay.removeTree(AT_FDCWD, journalDir + "/" + name) // not ours: an older layout's
+        }
+        if let plan = journal.read() {
             if let b = store.branches[plan.child], b.state == .active { _ = try store.commit(plan.child) }
             do throws(FSError) {
                 try Committer.restage(plan)

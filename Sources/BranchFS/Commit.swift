@@ -355,28 +355,6 @@ enum Committer {
         }
         return Array(touched)
     }
-
-    // MARK: - journal
-
-    /// Writes the journal durably: in place, then the file and its directory fsynced together.
-    /// No temp file and rename are needed: recovery drops a journal it cannot parse, and one
-    /// can only be unparsable if the crash came before both fsyncs returned, that is before
-    /// anything was applied.
-    static func write(_ plan: CommitPlan, to file: String) throws(FSError) {
-        let text = plan.json.text + "\n"
-        let fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .last("create \(file)") }
-        let ok = text.withCString { Glibc.write(fd, $0, strlen($0)) } == text.utf8.count
-        let e = errno
-        close(fd)
-        guard ok else { unlink(file); throw FSError(e, "write \(file)") }
-        try Durability.fsyncAll([file, file.parentPath])
-    }
-
-    static func read(_ file: String) -> CommitPlan? {
-        guard var bytes = Overlay.readFile(file), let json = try? JSON.parse(bytes: &bytes) else { return nil }
-        return CommitPlan(json: json)
-    }
 }
 
 extension View {

@@ -20,15 +20,19 @@ final class CrashRecoveryTests: BranchFSTestCase {
         try FileManager.default.createDirectory(atPath: state + "/staging/cdeadbeef0001/sub", withIntermediateDirectories: true)
         try put(state + "/staging/cdeadbeef0001/0", "staged\n")
         try put(state + "/work/" + a + "/copyup.42.12345", "half a copy-up\n")
-        try put(state + "/journal/cdeadbeef0002.json.tmp", "{\"id\": \"cdead")
-        try put(state + "/journal/cdeadbeef0003.json", "not json at all")
+        try put(state + "/journal/cdeadbeef0002.json", "{\"id\": \"cdead")
+        // A torn record: the header of one, the payload of none.
+        let torn = open(state + "/journal/" + Journal.name, O_WRONLY)
+        XCTAssertEqual(pwrite(torn, "BXJRNL01\u{10}\0\0\0\0\0\0\0garbage.garbage.", 32, 0), 32)
+        close(torn)
         try FileManager.default.createDirectory(atPath: workspace + "/.sbx-staging-cdeadbeef0004", withIntermediateDirectories: true)
         try put(workspace + "/.sbx-staging-cdeadbeef0004/0", "staged in the workspace\n")
         let before = treeDigest(workspace)
         fs = try BranchFS(workspace: workspace, stateDirectory: state)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/staging"), [], "staging is emptied")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/work/" + a), [], "half-made copy-ups are removed")
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/journal"), [], "unusable journals are dropped")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/journal"), [Journal.name], "files not the journal's are dropped")
+        XCTAssertNil(fs.journal.read(), "a torn record is none")
         XCTAssertFalse(exists(workspace + "/.sbx-staging-cdeadbeef0004"), "staging inside the workspace is removed")
         var expected = before
         for key in before.keys where key.hasPrefix(".sbx-staging-") { expected[key] = nil }
@@ -51,12 +55,9 @@ final class CrashRecoveryTests: BranchFSTestCase {
 
         fs.settleDelayForTesting = 1_000_000 // the journal outlives the commit's return by a second
         _ = try fs.commit(a)
-        let journalDir = state + "/journal"
-        let names = try FileManager.default.contentsOfDirectory(atPath: journalDir)
-        XCTAssertEqual(names.count, 1, "the commit's journal is still on disk")
-        let journalFile = journalDir + "/" + (names.first ?? "")
+        let journalFile = state + "/journal/" + Journal.name
+        let plan = try XCTUnwrap(fs.journal.read(), "the commit's journal is still on disk")
         let saved = try XCTUnwrap(FileManager.default.contents(atPath: journalFile))
-        let plan = try XCTUnwrap(Committer.read(journalFile))
         let inlined = Set(plan.ops.compactMap { op -> String? in
             if case let .install(rel, staged) = op, plan.inline[staged] != nil { return rel }
             return nil
@@ -82,7 +83,7 @@ final class CrashRecoveryTests: BranchFSTestCase {
         XCTAssertEqual(st.st_mode & 0o7777, 0o751)
         XCTAssertEqual(st.st_mtim.tv_sec, 1_500_000_000)
         XCTAssertEqual(st.st_mtim.tv_nsec, 456)
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: journalDir), [], "the journal is retired")
+        XCTAssertNil(fs.journal.read(), "the journal is retired")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/staging"), [], "nothing is left staged")
         XCTAssertEqual(try fs.info(a).state, .committed)
     }
@@ -175,7 +176,7 @@ final class CrashRecoveryTests: BranchFSTestCase {
                     // Kill once a staging directory holds a staged file.
                     let dirs = (try? FileManager.default.contentsOfDirectory(atPath: watched)) ?? []
                     if dirs.contains(where: { !((try? FileManager.default.contentsOfDirectory(atPath: watched + "/" + $0)) ?? []).isEmpty }) { break }
-                } else if ((try? FileManager.default.contentsOfDirectory(atPath: watched)) ?? []).contains(where: { $0.hasSuffix(".json") }) {
+                } else if journalHoldsARecord(watched) {
                     break
                 }
             }
@@ -208,7 +209,8 @@ final class CrashRecoveryTests: BranchFSTestCase {
         let stray = after.keys.filter { $0.split(separator: "/").contains { $0.hasPrefix(".sbx-") } }
         XCTAssertEqual(stray, [], "round \(index): temp files left in the workspace")
         XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: st + "/staging")) ?? ["<unreadable>"], [], "round \(index): leftovers in staging")
-        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: st + "/journal")) ?? ["<unreadable>"], [], "round \(index): leftovers in journal")
+        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: st + "/journal")) ?? ["<unreadable>"], [Journal.name], "round \(index): leftovers in journal")
+        XCTAssertFalse(journalHoldsARecord(st + "/journal"), "round \(index): the journal still holds a record")
         if outcome == "pre", branchState == "active" {
             // The branch is intact: committing it now must reach exactly the post tree.
             let r = try Spawned(bin + "/sbx", ["branch", "commit", id, "--socket", sock, "--json"], dir: dir, tag: "recommit\(index)")
@@ -304,4 +306,13 @@ final class CrashDaemon {
             return point == dir || point.hasPrefix(dir + "/") ? point : nil
         }
     }
+}
+
+/// Whether the journal in `directory` holds a record (its file starts with the magic).
+func journalHoldsARecord(_ directory: String) -> Bool {
+    let fd = open(directory + "/" + Journal.name, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var magic = [UInt8](repeating: 0, count: 8)
+    return pread(fd, &magic, 8, 0) == 8 && magic == Array("BXJRNL01".utf8)
 }
