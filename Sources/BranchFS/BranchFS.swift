@@ -227,6 +227,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                 var inlineFDs: [Int32] = []
                 var settling = false
                 defer { if !settling { inlineFDs.forEach { Glibc.close($0) } } }
+                var journaling = false
                 do throws(FSError) {
                     if let staging {
                         inlineFDs = try server.tree.reading { () throws(FSError) in try Committer.stage(&plan, from: child, stagingFD: stagingFD) }
@@ -239,9 +240,17 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                             trace.mark("fsync staged (\(durable.count + 1))")
                         }
                     }
+                    journaling = true
                     try journal.write(plan)
                     trace.mark("journal")
                 } catch {
+                    // A failed write may still have left the whole record on disk: it must not
+                    // be replayed once its staging is gone.
+                    if journaling {
+                        do throws(FSError) { try journal.clear() } catch {
+                            failStop("commit \(id): clearing its failed journal: \(error.what): \(String(cString: strerror(error.errno)))", parent: parent)
+                        }
+                    }
                     if let staging { try? Overlay.removeTree(AT_FDCWD, staging) }
                     throw .io("commit \(id): \(error.what)", errno: error.errno)
                 }
@@ -264,8 +273,11 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                         return touched
                     }
                 } catch {
-                    // The registry says committed; a restart replays the journal.
-                    throw .io("commit \(id) applying \(error.what) (the journal will be replayed on restart)", errno: error.errno)
+                    // The registry says committed; a restart replays the journal, which no
+                    // later commit may overwrite: this instance changes nothing more.
+                    let what = "commit \(id) applying \(error.what)"
+                    failStop(what + ": " + String(cString: strerror(error.errno)), parent: parent)
+                    throw .io(what + " (the journal will be replayed on restart)", errno: error.errno)
                 }
                 retireChild(plan)
                 // Durable since the journal: what is left (the applied directories and the
@@ -388,13 +400,19 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                 try retireJournal(plan)
                 trace.mark("journal retired")
             } catch {
-                let what = "commit \(plan.id): \(error.what): \(String(cString: strerror(error.errno)))"
-                failureLock.locked { if settleFailure == nil { settleFailure = what } }
-                parent.deadErrno = EIO
+                failStop("commit \(plan.id): \(error.what): \(String(cString: strerror(error.errno)))", parent: parent)
             }
             trace.report()
             parent.settling.end()
         }
+    }
+
+    /// After a failure that leaves the journal's record for the next start to replay: the
+    /// parent turns EIO and every later commit fails (see `settled`), so nothing overwrites
+    /// the record or lands on top of what it still has to redo.
+    private func failStop(_ what: String, parent: View) {
+        failureLock.locked { if settleFailure == nil { settleFailure = what } }
+        parent.deadErrno = EIO
     }
 
     /// Waits for the background work (settling commits, then deletions) to drain.

@@ -362,7 +362,9 @@ final class FuseServer: @unchecked Sendable {
 
     func lookup(_ req: fuse_req_t?, _ parentIno: UInt64, _ name: String) throws(FSError) {
         if parentIno == Self.rootIno {
-            guard let view = provider?.view(named: name), view.deadErrno == 0 else { throw FSError(ENOENT) }
+            guard let view = provider?.view(named: name) else { throw FSError(ENOENT) }
+            // A dead branch is gone; a view a failed commit stopped says so until the restart.
+            guard view.deadErrno == 0 else { throw FSError(view.deadErrno == EIO ? EIO : ENOENT) }
             let st = try resolving(view) { () throws(FSError) in try view.stat(view.root) }
             nodesLock.locked { view.root.lookups += 1 }
             return replyEntry(req, view.root, st)
