@@ -12,7 +12,9 @@ command -v swift >/dev/null || { echo "sbx: swift (6.x) is not on PATH: install 
 [[ $(id -u) -eq 0 ]] || { echo "demo.sh: run as root (sbx creates cgroups and user namespaces)" >&2; exit 1; }
 
 echo "==> building sbx (release)"
-swift build -c release --static-swift-stdlib 2>&1 | grep -E "error|warning: unre|Compiling|Build complete" | tail -3
+scratch=$(mktemp -d /tmp/sbx-swiftpm.XXXXXX) # SwiftPM leaves TemporaryDirectory.* in $TMPDIR
+TMPDIR=$scratch swift build -c release --static-swift-stdlib 2>&1 | grep -E "error|warning: unre|Compiling|Build complete" | tail -3
+rm -rf "$scratch"
 SBX=$PWD/.build/release/sbx
 
 WS=$(mktemp -d /tmp/sbx-demo.XXXXXX)

@@ -20,5 +20,9 @@ pkg-config --exists libseccomp libcap fuse3 ||
     { echo "test.sh: libseccomp, libcap or fuse3 development files are still missing after apt-get" >&2; exit 1; }
 [[ ${1:-} == --install-only ]] && exit 0
 command -v swift >/dev/null || { echo "sbx: swift (6.x) is not on PATH: install the Swift toolchain first" >&2; exit 1; }
-swift build --build-tests
-swift test --skip-build
+# SwiftPM and the test runner leave TemporaryDirectory.* behind in $TMPDIR: give them one of
+# their own, removed on the way out.
+scratch=$(mktemp -d /tmp/sbx-swiftpm.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
+TMPDIR=$scratch swift build --build-tests
+TMPDIR=$scratch swift test --skip-build

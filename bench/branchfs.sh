@@ -78,12 +78,12 @@ grep -qw overlay /proc/filesystems || { echo "branchfs: the kernel has no overla
 # --- 2. sandboxd and sbx (our own scratch path: others build in .build) -------------------------
 if [[ -z ${SBX_BIN:-} || -z ${SANDBOXD_BIN:-} ]]; then
     echo "==> swift build -c release --scratch-path .build-bench (sandboxd, sbx)" >&2
-    swift build -c release --scratch-path .build-bench --product sandboxd >&2
-    if ! swift build -c release --scratch-path .build-bench --product sbx >&2; then
+    "$repo/bench/swift-build.sh" -c release --scratch-path .build-bench --product sandboxd >&2
+    if ! "$repo/bench/swift-build.sh" -c release --scratch-path .build-bench --product sbx >&2; then
         # sbx links with -static-executable; when a dependency drags in FoundationEssentials its
         # own static dependencies are missing from the link line. Name them and retry.
         echo "branchfs: warning: sbx failed to link; retrying with -l_FoundationCollections -l_FoundationCShims" >&2
-        swift build -c release --scratch-path .build-bench --product sbx \
+        "$repo/bench/swift-build.sh" -c release --scratch-path .build-bench --product sbx \
             -Xlinker -l_FoundationCollections -Xlinker -l_FoundationCShims >&2
     fi
     SBX_BIN=${SBX_BIN:-$repo/.build-bench/release/sbx}

@@ -43,7 +43,7 @@ fi
 # --- 2. sbx -----------------------------------------------------------------
 if [[ -z ${SBX_BIN:-} ]]; then
     echo "==> swift build -c release --static-swift-stdlib" >&2
-    swift build -c release --static-swift-stdlib >&2
+    "$repo/bench/swift-build.sh" -c release --static-swift-stdlib >&2
     SBX_BIN=$repo/.build/release/sbx
 fi
 SBX_BIN=$(realpath "$SBX_BIN")
