@@ -49,7 +49,8 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     /// Runs the last, background part of each commit, in commit order.
     private let settler = DispatchQueue(label: "sbx.branchfs.settler")
     private let failureLock = Mutex()
-    private var settleFailure: String?
+    /// Set once a commit failed past its commit point (see `failStop`).
+    private var stopReason: String?
     /// Tests widen the window between a commit's return and its settling with this.
     var settleDelayForTesting: useconds_t = 0
 
@@ -247,9 +248,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                     // A failed write may still have left the whole record on disk: it must not
                     // be replayed once its staging is gone.
                     if journaling {
-                        do throws(FSError) { try journal.clear() } catch {
-                            failStop("commit \(id): clearing its failed journal: \(error.what): \(String(cString: strerror(error.errno)))", parent: parent)
-                        }
+                        do throws(FSError) { try journal.clear() } catch { failStop("commit \(id): clearing its failed journal", error, parent: parent) }
                     }
                     if let staging { try? Overlay.removeTree(AT_FDCWD, staging) }
                     throw .io("commit \(id): \(error.what)", errno: error.errno)
@@ -275,14 +274,14 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                 } catch {
                     // The registry says committed; a restart replays the journal, which no
                     // later commit may overwrite: this instance changes nothing more.
-                    let what = "commit \(id) applying \(error.what)"
-                    failStop(what + ": " + String(cString: strerror(error.errno)), parent: parent)
-                    throw .io(what + " (the journal will be replayed on restart)", errno: error.errno)
+                    failStop("commit \(id) applying", error, parent: parent)
+                    throw .io("commit \(id) applying \(error.what) (the journal will be replayed on restart)", errno: error.errno)
                 }
                 retireChild(plan)
-                // Durable since the journal: what is left (the applied directories and the
-                // registry, then the journal's removal) runs in the background while the
-                // parent's writers and the next commit wait for it.
+                // Durable since the journal: what is left (fsyncs of the changed directories, of
+                // the files the journal carried and of the registry log, then clearing the
+                // journal) runs in the background while the parent's writers and the next
+                // commit wait for it.
                 settling = true
                 settle(plan, touched: touched, installed: inlineFDs, parent: parent)
                 trace.mark("retire")
@@ -400,7 +399,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                 try retireJournal(plan)
                 trace.mark("journal retired")
             } catch {
-                failStop("commit \(plan.id): \(error.what): \(String(cString: strerror(error.errno)))", parent: parent)
+                failStop("commit \(plan.id) settling", error, parent: parent)
             }
             trace.report()
             parent.settling.end()
@@ -410,8 +409,9 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     /// After a failure that leaves the journal's record for the next start to replay: the
     /// parent turns EIO and every later commit fails (see `settled`), so nothing overwrites
     /// the record or lands on top of what it still has to redo.
-    private func failStop(_ what: String, parent: View) {
-        failureLock.locked { if settleFailure == nil { settleFailure = what } }
+    private func failStop(_ context: String, _ error: FSError, parent: View) {
+        let what = "\(context): \(error.what): \(String(cString: strerror(error.errno)))"
+        failureLock.locked { if stopReason == nil { stopReason = what } }
         parent.deadErrno = EIO
     }
 
@@ -424,7 +424,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     /// Waits for every commit still settling; throws once one of them failed to.
     func settled() throws(BranchError) {
         settler.sync {}
-        if let failure = failureLock.locked({ settleFailure }) {
+        if let failure = failureLock.locked({ stopReason }) {
             throw .io("\(failure); restart sandboxd to replay its journal", errno: EIO)
         }
     }

@@ -38,13 +38,7 @@ struct InlineFile: Equatable {
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size <= min(maxFileBytes, budget),
               flistxattr(fd, nil, 0) == 0 else { close(fd); return nil }
-        var data = [UInt8](repeating: 0, count: Int(st.st_size))
-        var done = 0
-        while done < data.count {
-            let n = data.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(done)) }
-            guard n > 0 else { close(fd); return nil }
-            done += n
-        }
+        guard let data = Overlay.readExactly(fd, count: Int(st.st_size), at: 0) else { close(fd); return nil }
         let file = InlineFile(mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid,
                               atime: [Int64(st.st_atim.tv_sec), Int64(st.st_atim.tv_nsec)],
                               mtime: [Int64(st.st_mtim.tv_sec), Int64(st.st_mtim.tv_nsec)], data: data)
@@ -57,12 +51,7 @@ struct InlineFile: Equatable {
         unlinkat(dirFD, name, 0)
         let fd = openat(dirFD, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .last("create \(name)") }
-        var done = 0
-        while done < data.count {
-            let n = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
-            guard n > 0 else { let e = errno; close(fd); throw FSError(e, "write \(name)") }
-            done += n
-        }
+        guard Overlay.writeAll(fd, data, at: 0) else { let e = errno; close(fd); throw FSError(e, "write \(name)") }
         // Owner first: chown clears setuid and setgid, which chmod then sets.
         guard fchown(fd, uid, gid) == 0, fchmod(fd, mode) == 0 else { let e = errno; close(fd); throw FSError(e, "metadata of \(name)") }
         var times = [timespec(tv_sec: Int(atime[0]), tv_nsec: Int(atime[1])), timespec(tv_sec: Int(mtime[0]), tv_nsec: Int(mtime[1]))]

@@ -36,7 +36,7 @@ final class Journal {
         guard fstat(fd, &st) == 0 else { let e = errno; close(fd); throw FSError(e, "stat \(path)") }
         if st.st_size < Self.initialBytes {
             do throws(FSError) {
-                try pwriteAll([UInt8](repeating: 0, count: Self.initialBytes - Int(st.st_size)), at: Int(st.st_size))
+                try writeAll([UInt8](repeating: 0, count: Self.initialBytes - Int(st.st_size)), at: Int(st.st_size))
                 try Durability.fsyncAll([path, directory])
             } catch { close(fd); throw error }
         }
@@ -53,24 +53,22 @@ final class Journal {
             withUnsafeBytes(of: word.littleEndian) { record.append(contentsOf: $0) }
         }
         record.append(contentsOf: payload)
-        try pwriteAll(record, at: 0)
+        try writeAll(record, at: 0)
         guard fdatasync(fd) == 0 else { throw .last("fdatasync \(path)") }
     }
 
     /// Durably forgets the record: after this no replay can happen.
     func clear() throws(FSError) {
-        try pwriteAll([UInt8](repeating: 0, count: Self.headerBytes), at: 0)
+        try writeAll([UInt8](repeating: 0, count: Self.headerBytes), at: 0)
         guard fdatasync(fd) == 0 else { throw .last("fdatasync \(path)") }
     }
 
     /// The plan of the record on disk, or nil when there is none (or only a torn one).
     func read() -> CommitPlan? {
-        var header = [UInt8](repeating: 0, count: Self.headerBytes)
-        guard preadAll(&header, at: 0) else { return nil }
+        guard let header = Overlay.readExactly(fd, count: Self.headerBytes, at: 0) else { return nil }
         let words = header.withUnsafeBytes { raw in (0..<3).map { UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 8, as: UInt64.self)) } }
         guard words[0] == Self.magic, words[1] <= UInt64(Int32.max) else { return nil }
-        var payload = [UInt8](repeating: 0, count: Int(words[1]))
-        guard preadAll(&payload, at: Self.headerBytes), Self.checksum(payload) == words[2],
+        guard var payload = Overlay.readExactly(fd, count: Int(words[1]), at: Self.headerBytes), Self.checksum(payload) == words[2],
               let json = try? JSON.parse(bytes: &payload) else { return nil }
         return CommitPlan(json: json)
     }
@@ -81,22 +79,7 @@ final class Journal {
         return h
     }
 
-    private func pwriteAll(_ bytes: [UInt8], at offset: Int) throws(FSError) {
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + done, $0.count - done, off_t(offset + done)) }
-            guard n > 0 else { throw .last("write \(path)") }
-            done += n
-        }
-    }
-
-    private func preadAll(_ bytes: inout [UInt8], at offset: Int) -> Bool {
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(offset + done)) }
-            guard n > 0 else { return false }
-            done += n
-        }
-        return true
+    private func writeAll(_ bytes: [UInt8], at offset: Int) throws(FSError) {
+        guard Overlay.writeAll(fd, bytes, at: offset) else { throw .last("write \(path)") }
     }
 }

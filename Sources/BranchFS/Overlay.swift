@@ -176,7 +176,7 @@ enum Overlay {
         return String(decoding: buf[0..<n], as: UTF8.self)
     }
 
-    /// The whole content of a small file (journal, registry, mountinfo); nil if it cannot be opened.
+    /// The whole content of a small file (registry, mountinfo); nil if it cannot be opened.
     static func readFile(_ path: String) -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
@@ -190,6 +190,31 @@ enum Overlay {
             bytes += chunk[0..<n]
         }
         return bytes
+    }
+
+    /// `count` bytes of `fd` from `offset`; nil on an error or if the file ends first.
+    static func readExactly(_ fd: Int32, count: Int, at offset: Int) -> [UInt8]? {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return nil }
+            done += n
+        }
+        return bytes
+    }
+
+    /// Writes all of `bytes` to `fd` at `offset`; false (errno set) on an error.
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8], at offset: Int) -> Bool {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + done, $0.count - done, off_t(offset + done)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return false }
+            done += n
+        }
+        return true
     }
 
     static func openDirectory(_ path: String) throws(FSError) -> Int32 {
