@@ -71,6 +71,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         }
         let mnt = mountPoint ?? self.stateDirectory + "/mnt"
         for d in ["layers", "work", "journal", "staging", "trash"] { try Self.makeDirectory(self.stateDirectory + "/" + d) }
+        for d in ["layers", "work"] { Self.spreadSubdirectories(self.stateDirectory + "/" + d) }
         Self.detachStaleMount(mnt)
         try Self.makeDirectory(mnt, mode: 0o755)
         self.mountPoint = try Self.absoluteDirectory(mnt, what: "mount point")
@@ -498,6 +499,20 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
 
     static func makeDirectory(_ path: String, mode: mode_t = 0o700) throws(BranchError) {
         if mkdir(path, mode) != 0 && errno != EEXIST { throw .io("mkdir \(path)", errno: errno) }
+    }
+
+    /// Each branch's layer (and its work directory, where copy-ups are made) is a tree of its
+    /// own, made and retired whole, so it gets a block group of its own: ext4's Orlov allocator spreads the children of a TOPDIR directory
+    /// (`chattr +T`, as for home directories) instead of packing them next to their parent.
+    /// Packed, a new layer lands among the inodes a retired one just freed, and ext4 without a
+    /// journal skips every inode freed in the last minutes with one buffer lookup each: 5000
+    /// files created after a retired 20k-file layer took 3.5 s, against 0.08 s spread
+    /// (README, "Where a branch's files live"). Best effort: other filesystems have no such flag.
+    static func spreadSubdirectories(_ path: String) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        _ = cbfs_set_topdir(fd)
+        Glibc.close(fd)
     }
 
     static func absoluteDirectory(_ path: String, what: String) throws(BranchError) -> String {

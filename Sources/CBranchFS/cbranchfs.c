@@ -2,7 +2,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <linux/fs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 #include <pthread.h>
@@ -186,4 +188,18 @@ ssize_t cbfs_io_splice_receive(int fdin, off_t *offin, int fdout, off_t *offout,
 ssize_t cbfs_io_splice_send(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned flags, void *userdata) {
     (void)userdata;
     return splice(fdin, offin, fdout, offout, len, flags);
+}
+
+int cbfs_set_topdir(int fd) {
+    int flags = 0;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) != 0) return -errno;
+    if (flags & FS_TOPDIR_FL) return 0;
+    flags |= FS_TOPDIR_FL;
+    return ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0 ? 0 : -errno;
+}
+
+int cbfs_is_topdir(int fd) {
+    int flags = 0;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) != 0) return -errno;
+    return (flags & FS_TOPDIR_FL) != 0;
 }

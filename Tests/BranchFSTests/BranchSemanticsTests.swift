@@ -1,3 +1,4 @@
+import CBranchFS
 import XCTest
 @testable import BranchFS
 
@@ -177,6 +178,27 @@ final class BranchSemanticsTests: BranchFSTestCase {
         // Its cost cannot grow with the tree: a fork's delta starts empty (timings are in bench/).
         let a = try branch()
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/layers/" + a), [])
+    }
+
+    func testEachBranchsLayerIsATopOfHierarchiesSoExt4GivesItABlockGroupOfItsOwn() throws {
+        // Packed next to each other, a new layer would allocate among the inodes a retired
+        // layer just freed (README, "Where a branch's files live"); spreading is ext4's Orlov
+        // allocator's job once layers/ is marked TOPDIR (work/ too: copy-ups are made there).
+        for dir in ["layers", "work"] {
+            let fd = open(state + "/" + dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            XCTAssertGreaterThanOrEqual(fd, 0)
+            defer { close(fd) }
+            let marked = cbfs_is_topdir(fd)
+            if marked < 0 {
+                throw XCTSkip("the state directory's filesystem has no inode flags (\(String(cString: strerror(-marked)))): nothing to spread")
+            }
+            XCTAssertEqual(marked, 1, "\(dir)/ must carry FS_TOPDIR_FL (chattr +T)")
+        }
+        let a = try branch()
+        let layer = open(state + "/layers/" + a, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        XCTAssertGreaterThanOrEqual(layer, 0)
+        defer { close(layer) }
+        XCTAssertEqual(cbfs_is_topdir(layer), 0, "only layers/ itself spreads: a layer's own files stay together")
     }
 
     func testHardLinksShareDataInTheBranchAndStayLinkedAfterCommit() throws {

@@ -27,6 +27,11 @@ int cbfs_fsync_at(int dirfd, const char *path);
 /// of threads, so the disk sees them together; 0, or -errno of a failure with its index (paths
 /// first, then fds) in *failed_index.
 int cbfs_fsync_many(const char *const *paths, int npaths, const int *fds, int nfds, int *failed_index);
+/// Sets FS_TOPDIR_FL (`chattr +T`) on the directory open at `fd`; 0 or -errno (-ENOTTY or
+/// -EOPNOTSUPP where the filesystem has no such flag).
+int cbfs_set_topdir(int fd);
+/// 1 if the directory open at `fd` carries FS_TOPDIR_FL, 0 if not, -errno if it has no flags.
+int cbfs_is_topdir(int fd);
 
 struct iovec;
 /// Transport for libfuse's custom I/O (fuse_session_custom_io): plain read/writev/splice on
