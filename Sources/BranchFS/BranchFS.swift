@@ -31,7 +31,8 @@ public struct CommitResult: Equatable, Sendable {
 /// and lazily unmounts a stale FUSE mount at `mountPoint`.
 ///
 /// State layout: `branches.json` + `branches.log` (registry), `layers/<id>/` (a branch's upper, overlayfs format),
-/// `work/<id>/` (copy-ups in progress), `journal/commit` (see `Journal`), `staging/<commit>/`.
+/// `work/<id>/` (copy-ups in progress), `journal/commit` (see `Journal`), `staging/<commit>/`,
+/// `spares/` (the next forks' directories, see `SpareDirectories`), `trash/`.
 public final class BranchFS: @unchecked Sendable, ViewProvider {
     public let workspace: String
     public let stateDirectory: String
@@ -46,6 +47,8 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     private var views: [String: View] = [:]
     private var closed = false
     private let janitor = DispatchQueue(label: "sbx.branchfs.janitor")
+    /// Each fork's two empty directories, made ahead in block groups of their own.
+    private let spares: SpareDirectories
     /// Runs the last, background part of each commit, in commit order.
     private let settler = DispatchQueue(label: "sbx.branchfs.settler")
     private let failureLock = Mutex()
@@ -71,7 +74,6 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         }
         let mnt = mountPoint ?? self.stateDirectory + "/mnt"
         for d in ["layers", "work", "journal", "staging", "trash"] { try Self.makeDirectory(self.stateDirectory + "/" + d) }
-        for d in ["layers", "work"] { Self.spreadSubdirectories(self.stateDirectory + "/" + d) }
         Self.detachStaleMount(mnt)
         try Self.makeDirectory(mnt, mode: 0o755)
         self.mountPoint = try Self.absoluteDirectory(mnt, what: "mount point")
@@ -79,6 +81,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             throw .invalidRequest("the workspace \(self.workspace) and the mount point \(self.mountPoint) must not contain each other")
         }
         store = try BranchStore(stateDirectory: self.stateDirectory)
+        spares = try SpareDirectories(directory: self.stateDirectory + "/spares")
         do { journal = try Journal(directory: self.stateDirectory + "/journal") } catch { throw .io(error.what, errno: error.errno) }
         stagesInWorkspace = !Committer.sameDevice(self.stateDirectory, self.workspace)
         server = FuseServer(mountPoint: self.mountPoint)
@@ -99,6 +102,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         if first {
             settler.sync {}
             server.stop()
+            spares.stop()
             janitor.sync {}
         }
     }
@@ -115,7 +119,8 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     public func liveChildren(of id: String) -> [Branch] { lock.locked { store.liveChildren(of: id) } }
 
     /// Forks `count` siblings of `parent`; O(1) each, whatever the size of the tree: a record
-    /// and an empty upper directory. The parent becomes frozen.
+    /// and two empty directories (the delta and its work directory) taken from the spares. The
+    /// parent becomes frozen.
     public func create(from parent: String = BranchStore.mainID, count: Int = 1) throws(BranchError) -> [Branch] {
         defer { server.invalidateInode(FuseServer.rootIno) } // the mount root's cached listing
         return try lock.lockedThrowing { () throws(BranchError) in
@@ -129,9 +134,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
             let pv = try viewLocked(parent)
             let rootStat = try? server.tree.reading { () throws(FSError) in try pv.namespace.lockedThrowing { () throws(FSError) in try pv.stat(pv.root) } }
             for b in made {
-                for dir in [layerPath(b.id), workPath(b.id)] {
-                    guard mkdir(dir, 0o700) == 0 || errno == EEXIST else { throw .io("mkdir \(dir)", errno: errno) }
-                }
+                try spares.take(layer: layerPath(b.id), work: workPath(b.id))
                 if let rootStat { Overlay.applyMetadata(AT_FDCWD, layerPath(b.id), rootStat) }
             }
             // Freeze the parent before anyone can see the children: its writes now fail with EROFS.
@@ -499,20 +502,6 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
 
     static func makeDirectory(_ path: String, mode: mode_t = 0o700) throws(BranchError) {
         if mkdir(path, mode) != 0 && errno != EEXIST { throw .io("mkdir \(path)", errno: errno) }
-    }
-
-    /// Each branch's layer (and its work directory, where copy-ups are made) is a tree of its
-    /// own, made and retired whole, so it gets a block group of its own: ext4's Orlov allocator spreads the children of a TOPDIR directory
-    /// (`chattr +T`, as for home directories) instead of packing them next to their parent.
-    /// Packed, a new layer lands among the inodes a retired one just freed, and ext4 without a
-    /// journal skips every inode freed in the last minutes with one buffer lookup each: 5000
-    /// files created after a retired 20k-file layer took 3.5 s, against 0.08 s spread
-    /// (README, "Where a branch's files live"). Best effort: other filesystems have no such flag.
-    static func spreadSubdirectories(_ path: String) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { return }
-        _ = cbfs_set_topdir(fd)
-        Glibc.close(fd)
     }
 
     static func absoluteDirectory(_ path: String, what: String) throws(BranchError) -> String {

@@ -180,25 +180,43 @@ final class BranchSemanticsTests: BranchFSTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/layers/" + a), [])
     }
 
-    func testEachBranchsLayerIsATopOfHierarchiesSoExt4GivesItABlockGroupOfItsOwn() throws {
-        // Packed next to each other, a new layer would allocate among the inodes a retired
-        // layer just freed (README, "Where a branch's files live"); spreading is ext4's Orlov
-        // allocator's job once layers/ is marked TOPDIR (work/ too: copy-ups are made there).
-        for dir in ["layers", "work"] {
-            let fd = open(state + "/" + dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            XCTAssertGreaterThanOrEqual(fd, 0)
-            defer { close(fd) }
-            let marked = cbfs_is_topdir(fd)
-            if marked < 0 {
-                throw XCTSkip("the state directory's filesystem has no inode flags (\(String(cString: strerror(-marked)))): nothing to spread")
-            }
-            XCTAssertEqual(marked, 1, "\(dir)/ must carry FS_TOPDIR_FL (chattr +T)")
-        }
+    func testAForkTakesItsDirectoriesFromAStockMadeAheadInBlockGroupsOfTheirOwn() throws {
+        // Spread, a new delta does not allocate among the inodes a retired one just freed; made
+        // ahead, the fork does not pay for ext4's search of every block group
+        // (SpareDirectories).
+        let ready = state + "/spares/ready"
+        let stocked = try waitForStock(ready)
+        let inodes = Set(try stocked.filter { $0.hasSuffix(".l") }.map { try inode(ready + "/" + $0) })
         let a = try branch()
-        let layer = open(state + "/layers/" + a, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        XCTAssertGreaterThanOrEqual(layer, 0)
-        defer { close(layer) }
-        XCTAssertEqual(cbfs_is_topdir(layer), 0, "only layers/ itself spreads: a layer's own files stay together")
+        XCTAssertTrue(inodes.contains(try inode(state + "/layers/" + a)), "the delta is a spare made before the fork")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/layers/" + a), [])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/work/" + a), [])
+        _ = try waitForStock(ready) // refilled
+        let fd = open(state + "/spares/made", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        let marked = cbfs_is_topdir(fd)
+        if marked < 0 {
+            throw XCTSkip("the state directory's filesystem has no inode flags (\(String(cString: strerror(-marked)))): the stock is checked, its spreading cannot be")
+        }
+        XCTAssertEqual(marked, 1, "spares are made under FS_TOPDIR_FL (chattr +T), which spreads them")
+    }
+
+    /// Polls until `ready` holds a full stock of pairs and returns its names.
+    private func waitForStock(_ ready: String) throws -> [String] {
+        for _ in 0..<1000 {
+            let names = try FileManager.default.contentsOfDirectory(atPath: ready)
+            if names.count == 2 * SpareDirectories.stock { return names }
+            usleep(10_000)
+        }
+        XCTFail("the stock of spare directories was not refilled within 10 s")
+        return []
+    }
+
+    private func inode(_ path: String) throws -> ino_t {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        return st.st_ino
     }
 
     func testHardLinksShareDataInTheBranchAndStayLinkedAfterCommit() throws {

@@ -25,6 +25,12 @@ final class CrashRecoveryTests: BranchFSTestCase {
         let torn = open(state + "/journal/" + Journal.name, O_WRONLY)
         XCTAssertEqual(pwrite(torn, "BXJRNL01\u{10}\0\0\0\0\0\0\0garbage.garbage.", 32, 0), 32)
         close(torn)
+        // Spare directories: one half-made, one pair missing its work half, one pair whole.
+        try FileManager.default.createDirectory(atPath: state + "/spares/made/sdead.l", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: state + "/spares/ready/sdead1.l", withIntermediateDirectories: true)
+        for half in ["sdead2.l", "sdead2.w"] {
+            try FileManager.default.createDirectory(atPath: state + "/spares/ready/" + half, withIntermediateDirectories: true)
+        }
         try FileManager.default.createDirectory(atPath: workspace + "/.sbx-staging-cdeadbeef0004", withIntermediateDirectories: true)
         try put(workspace + "/.sbx-staging-cdeadbeef0004/0", "staged in the workspace\n")
         let before = treeDigest(workspace)
@@ -34,6 +40,9 @@ final class CrashRecoveryTests: BranchFSTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: state + "/journal"), [Journal.name], "files not the journal's are dropped")
         XCTAssertNil(fs.journal.read(), "a torn record is none")
         XCTAssertFalse(exists(workspace + "/.sbx-staging-cdeadbeef0004"), "staging inside the workspace is removed")
+        XCTAssertFalse(exists(state + "/spares/made/sdead.l"), "a half-made spare is removed")
+        XCTAssertFalse(exists(state + "/spares/ready/sdead1.l"), "half a spare pair is removed")
+        XCTAssertTrue(exists(state + "/spares/ready/sdead2.w"), "a whole spare pair is kept for the next fork")
         var expected = before
         for key in before.keys where key.hasPrefix(".sbx-staging-") { expected[key] = nil }
         XCTAssertEqual(treeDigest(workspace), expected, "nothing else in the workspace changed")
