@@ -42,6 +42,8 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
     /// Commits into main stage inside the workspace (hidden) when the state directory lives
     /// on another filesystem: a hard link cannot cross over.
     private let stagesInWorkspace: Bool
+    /// When it stages in the workspace, the root's ctime after its last own move of it.
+    private var ownRootChange: OwnRootChange
     let lock = Mutex()
     let server: FuseServer
     private var views: [String: View] = [:]
@@ -84,6 +86,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         spares = try SpareDirectories(directory: self.stateDirectory + "/spares")
         do { journal = try Journal(directory: self.stateDirectory + "/journal") } catch { throw .io(error.what, errno: error.errno) }
         stagesInWorkspace = !Committer.sameDevice(self.stateDirectory, self.workspace)
+        ownRootChange = OwnRootChange(stateDirectory: self.stateDirectory)
         server = FuseServer(mountPoint: self.mountPoint)
         server.provider = self
         try recover()
@@ -176,7 +179,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                         try Committer.plan(id: "", child: view, parent: parent, staging: nil)
                     }
                 }
-                return ExternalChanges.find(plan.ops, root: parent.upper.fd, since: forkTime)
+                return ExternalChanges.find(plan.ops, root: parent.upper.fd, since: forkTime, ownRootCtime: ownRootChange.ctime)
             } catch { throw .io("external changes of \(id): \(error.what)", errno: error.errno) }
         }
     }
@@ -218,7 +221,7 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                 // alone, and every earlier commit into main precedes this branch's fork (first
                 // commit wins), so whatever changed since came from outside.
                 if intoWorkspace, let forkTime = b.forkTime {
-                    let changed = ExternalChanges.find(plan.ops, root: parent.upper.fd, since: forkTime)
+                    let changed = ExternalChanges.find(plan.ops, root: parent.upper.fd, since: forkTime, ownRootCtime: ownRootChange.ctime)
                     guard changed.isEmpty else { throw .externalChange(id, paths: changed) }
                     trace.mark("external changes")
                 }
@@ -254,7 +257,10 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
                     if journaling {
                         do throws(FSError) { try journal.clear() } catch { failStop("commit \(id): clearing its failed journal", error, parent: parent) }
                     }
-                    if let staging { try? Overlay.removeTree(AT_FDCWD, staging) }
+                    if let staging {
+                        try? Overlay.removeTree(AT_FDCWD, staging)
+                        if stagesInWorkspace { ownRootChange.record(workspace: workspace) }
+                    }
                     throw .io("commit \(id): \(error.what)", errno: error.errno)
                 }
                 // The journal is on disk: from here on recovery rolls this commit forward.
@@ -466,9 +472,12 @@ public final class BranchFS: @unchecked Sendable, ViewProvider {
         for name in (try? Overlay.listNames(AT_FDCWD, stateDirectory + "/staging")) ?? [] {
             try? Overlay.removeTree(AT_FDCWD, stateDirectory + "/staging/" + name)
         }
+        var removedFromWorkspace = false
         for name in (try? Overlay.listNames(AT_FDCWD, workspace)) ?? [] where name.hasPrefix(".sbx-staging-") {
             try? Overlay.removeTree(AT_FDCWD, workspace + "/" + name)
+            removedFromWorkspace = true
         }
+        if removedFromWorkspace { ownRootChange.record(workspace: workspace) }
         // Half-made copy-ups, and the deltas of branches that are gone.
         for b in store.list() where b.id != BranchStore.mainID {
             switch b.state {

@@ -34,11 +34,14 @@ enum ExternalChanges {
     ///   anything else was added, removed or renamed since the fork counts as well: a deleted
     ///   file and one that never was look alike. A path the commit deletes and that is gone
     ///   already is not a change: nothing is lost.
-    static func find(_ ops: [CommitOp], root: Int32, since: Int64) -> [String] {
+    ///
+    /// `ownRootCtime`: the workspace root's ctime right after BranchFS itself last moved it
+    /// (see `OwnRootChange`); the root at exactly that ctime has not changed from outside.
+    static func find(_ ops: [CommitOp], root: Int32, since: Int64, ownRootCtime: Int64? = nil) -> [String] {
         var found: [String] = []
         var seen = Set<String>()
         func report(_ rel: String) { if seen.insert(rel).inserted { found.append(rel) } }
-        func newer(_ st: stat) -> Bool { Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec) > since }
+        func newer(_ st: stat) -> Bool { ctime(st) > since }
         /// Reports `rel` if it changed, and whatever changed below it.
         func walk(_ rel: String, _ st: stat) {
             if newer(st) { report(rel) }
@@ -61,7 +64,7 @@ enum ExternalChanges {
                     ancestor = ancestor.parentPath
                     existing = Overlay.lstat(root, View.at(ancestor))
                 } while existing == nil && !ancestor.isEmpty
-                if let existing, newer(existing) { report(rel) }
+                if let existing, newer(existing), !(ancestor.isEmpty && ctime(existing) == ownRootCtime) { report(rel) }
                 continue
             }
             switch op {
@@ -76,5 +79,35 @@ enum ExternalChanges {
             }
         }
         return found
+    }
+
+    static func ctime(_ st: stat) -> Int64 { Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec) }
+}
+
+/// The workspace root's ctime right after BranchFS last moved it outside a commit: when the
+/// state lives on another filesystem, a commit stages in a hidden directory of the workspace
+/// root, and removing it after a failed or interrupted (crashed, then recovered) commit moves
+/// the root's ctime. A branch forked before would then count every top-level path it adds as
+/// changed from outside, and could never commit. Kept in `<state>/workspace-root-ctime`
+/// (decimal nanoseconds), not fsynced: lost, the branch is only refused as before. A host
+/// change between our removal and this record is missed, like one between a commit's check
+/// and its apply.
+struct OwnRootChange {
+    let file: String
+    private(set) var ctime: Int64?
+
+    init(stateDirectory: String) {
+        file = stateDirectory + "/workspace-root-ctime"
+        ctime = Overlay.readFile(file).flatMap { Int64(String(decoding: $0, as: UTF8.self)) }
+    }
+
+    /// Records the root's ctime now, after BranchFS itself moved it.
+    mutating func record(workspace: String) {
+        guard let st = Overlay.lstat(AT_FDCWD, workspace) else { return }
+        ctime = ExternalChanges.ctime(st)
+        let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        _ = Overlay.writeAll(fd, Array(String(ctime!).utf8), at: 0)
+        close(fd)
     }
 }

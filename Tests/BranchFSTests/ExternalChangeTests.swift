@@ -130,6 +130,34 @@ final class ExternalChangeAcrossFilesystemsTests: BranchFSTestCase {
         XCTAssertEqual(get(workspace + "/from-b.txt"), "b\n")
     }
 
+    func testABranchWhoseCommitACrashInterruptedCommitsAfterTheRestartRemovedItsStaging() throws {
+        // The removal moves the workspace root's ctime, the ancestor of every top-level path a
+        // branch adds: BranchFS's own doing, not a change from outside.
+        let a = try forkWriting("from-a.txt", "a\n")
+        let b = try forkWriting("from-b.txt", "b\n")
+        fs.close()
+        fs = nil
+        try FileManager.default.createDirectory(atPath: workspace + "/.sbx-staging-cdeadbeef0009", withIntermediateDirectories: true)
+        try put(workspace + "/.sbx-staging-cdeadbeef0009/0", "staged before the crash\n")
+        fs = try BranchFS(workspace: workspace, stateDirectory: state)
+        XCTAssertFalse(exists(workspace + "/.sbx-staging-cdeadbeef0009"))
+        XCTAssertEqual(try fs.externalChanges(a), [])
+        _ = try fs.commit(a)
+        XCTAssertEqual(get(workspace + "/from-a.txt"), "a\n")
+        // A change from outside after that still counts (b lost to a anyway: only the check is
+        // looked at here).
+        _ = b
+        let c = try forkWriting("from-c.txt", "c\n")
+        fs.close()
+        fs = nil
+        try FileManager.default.createDirectory(atPath: workspace + "/.sbx-staging-cdeadbeef000a", withIntermediateDirectories: true)
+        fs = try BranchFS(workspace: workspace, stateDirectory: state)
+        leaveTheForkTick()
+        try put(workspace + "/from-the-host.txt", "host\n")
+        XCTAssertEqual(try fs.externalChanges(c), ["from-c.txt"])
+        assertCommitRefused(c, for: ["from-c.txt"])
+    }
+
     func testARefusedCommitLeavesNoStagingInTheWorkspace() throws {
         let a = try forkWriting("README", "from a\n")
         try put(workspace + "/README", "from the host\n")
