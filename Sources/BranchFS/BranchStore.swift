@@ -105,9 +105,12 @@ public final class BranchStore {
     /// A branch with live children is frozen: its view is read-only and it cannot commit.
     public func isFrozen(_ id: String) -> Bool { !liveChildren(of: id).isEmpty }
 
+    /// How many siblings one fork may make.
+    public static let siblingCounts = 1...256
+
     /// Forks `count` siblings from `parent` (O(1) each: a record, nothing copied).
     public func create(from parent: String = BranchStore.mainID, count: Int = 1) throws(BranchError) -> [Branch] {
-        guard (1...256).contains(count) else { throw .invalidRequest("count must be between 1 and 256, got \(count)") }
+        guard Self.siblingCounts.contains(count) else { throw .invalidRequest("count must be between 1 and 256, got \(count)") }
         let p = try info(parent)
         guard p.state == .active else { throw .notActive(parent, p.state) }
         var made: [Branch] = []

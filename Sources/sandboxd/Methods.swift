@@ -26,7 +26,7 @@ struct Methods: Sendable {
         switch method {
         case .branchCreate:
             let from = try params.optionalString("from") ?? BranchStore.mainID
-            let count = try params.optionalInt("count", minimum: 1) ?? 1
+            let count = try params.optionalInt("count", in: BranchStore.siblingCounts) ?? 1
             try params.finish()
             let made = try fs { () throws(BranchError) in try branches.create(from: from, count: count) }
             counters.add(.creates, made.count)

@@ -27,11 +27,13 @@ struct Params {
         return s
     }
 
-    /// An integer of at least `minimum`, nil when absent or null.
-    mutating func optionalInt(_ name: String, minimum: Int) throws(RPCError) -> Int? {
+    /// An integer in `range`, nil when absent or null.
+    mutating func optionalInt(_ name: String, in range: ClosedRange<Int>) throws(RPCError) -> Int? {
         guard let value = lookUp(name) else { return nil }
         guard let i = value.intValue, let n = Int(exactly: i) else { throw mistyped(name, "an integer", value) }
-        guard n >= minimum else { throw .invalidParam(name, "param '\(name)' must be at least \(minimum), got \(n)") }
+        guard range.contains(n) else {
+            throw .invalidParam(name, "param '\(name)' must be between \(range.lowerBound) and \(range.upperBound), got \(n)")
+        }
         return n
     }
 

@@ -121,7 +121,7 @@ final class ProtocolTests: DaemonTestCase {
         XCTAssertEqual(e["data"]?["method"], .string("branch.explode"))
     }
 
-    func testWrongParamTypesAreInvalidParamsNamingTheParam() throws {
+    func testWrongParamTypesAndOutOfRangeValuesAreInvalidParamsNamingTheParam() throws {
         let c = try client()
         let cases: [(String, String)] = [
             (#""method":"branch.info","params":{"branch":5}"#, "branch"),
@@ -129,6 +129,7 @@ final class ProtocolTests: DaemonTestCase {
             (#""method":"branch.create","params":{"count":"2"}"#, "count"),
             (#""method":"branch.create","params":{"count":1.5}"#, "count"),
             (#""method":"branch.create","params":{"count":0}"#, "count"),
+            (#""method":"branch.create","params":{"count":257}"#, "count"),
             (#""method":"branch.create","params":{"from":["main"]}"#, "from"),
             (#""method":"branch.list","params":["main"]"#, "params"),
             (#""method":"branch.create","params":{"idempotency_key":17}"#, "idempotency_key"),
