@@ -74,7 +74,7 @@ let package = Package(
         // posix_spawn'd processes for the test targets that drive real binaries.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "BranchFSTests", dependencies: ["BranchFS", "CBranchFS", "TestSupport"]),
-        .testTarget(name: "SandboxdTests", dependencies: ["sandboxd", "sbx", "SandboxProtocol", "SBXJSON", "TestSupport"]),
+        .testTarget(name: "SandboxdTests", dependencies: ["sandboxd", "sbx", "SandboxProtocol", "SBXJSON", "TestSupport", "CBranchFS"]),
         .testTarget(name: "SbxEndToEndTests", dependencies: ["sbx", "sbx-init", "SBXJSON"]),
     ]
 )
