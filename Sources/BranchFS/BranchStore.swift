@@ -110,7 +110,7 @@ public final class BranchStore {
 
     /// Forks `count` siblings from `parent` (O(1) each: a record, nothing copied).
     public func create(from parent: String = BranchStore.mainID, count: Int = 1) throws(BranchError) -> [Branch] {
-        guard Self.siblingCounts.contains(count) else { throw .invalidRequest("count must be between 1 and 256, got \(count)") }
+        guard Self.siblingCounts.contains(count) else { throw .invalidRequest("count must be between \(Self.siblingCounts.lowerBound) and \(Self.siblingCounts.upperBound), got \(count)") }
         let p = try info(parent)
         guard p.state == .active else { throw .notActive(parent, p.state) }
         var made: [Branch] = []

@@ -41,15 +41,15 @@ final class SpareDirectories: @unchecked Sendable {
             Glibc.close(fd)
         }
         for name in (try? Overlay.listNames(AT_FDCWD, made)) ?? [] { try? Overlay.removeTree(AT_FDCWD, made + "/" + name) }
+        // A pair is kept only whole and empty, both halves judged together.
         let left = Set((try? Overlay.listNames(AT_FDCWD, ready)) ?? [])
-        for name in left {
-            let pair = Self.pairName(name)
-            if let pair, left.contains(pair + ".l"), left.contains(pair + ".w"), (try? Overlay.listNames(AT_FDCWD, ready + "/" + name))?.isEmpty == true {
-                if name.hasSuffix(".l") { names.append(pair) }
-            } else {
-                try? Overlay.removeTree(AT_FDCWD, ready + "/" + name)
-            }
-        }
+        let readyDir = ready
+        let isEmpty = { (name: String) in (try? Overlay.listNames(AT_FDCWD, readyDir + "/" + name))?.isEmpty == true }
+        let whole = Set(left.filter { $0.hasSuffix(".l") }.map { String($0.dropLast(2)) }.filter { pair in
+            [pair + ".l", pair + ".w"].allSatisfy { left.contains($0) && isEmpty($0) }
+        })
+        for name in left where !whole.contains(String(name.dropLast(2))) { try? Overlay.removeTree(AT_FDCWD, ready + "/" + name) }
+        names = Array(whole)
         refill()
     }
 
@@ -91,10 +91,5 @@ final class SpareDirectories: @unchecked Sendable {
             guard rename(from, to) == 0 else { throw .io("rename \(from) to \(to)", errno: errno) }
         }
         return name
-    }
-
-    private static func pairName(_ name: String) -> String? {
-        guard name.hasSuffix(".l") || name.hasSuffix(".w") else { return nil }
-        return String(name.dropLast(2))
     }
 }
